@@ -1,0 +1,410 @@
+"""The model registry: one DynamoDB table, the only module that talks to it.
+
+Rows (pk / sk):
+  MODEL#<m> / META              next version counter
+  MODEL#<m> / V#<0000000001>    one version: status, job, manifest summary
+  MODEL#<m> / ALIAS#<name>      alias -> version, with the versions it replaced (for rollback)
+  MODEL#<m> / AUDIT#<time>#<id> who changed what, when and why
+  JOB#<job> / JOB               idempotency claim for a training job
+Every state change is a conditional write, so concurrent or duplicate events cannot race.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from .names import version_key
+
+TRAINING = "TRAINING"
+OPTIMIZING = "OPTIMIZING"
+READY = "READY"
+REJECTED = "REJECTED"
+FAILED = "FAILED"
+FINAL_STATUSES = (READY, REJECTED, FAILED)
+PROD = "prod"
+_MAX_HISTORY = 20
+
+
+class RegistryError(Exception):
+    pass
+
+
+class NotFound(RegistryError):
+    pass
+
+
+class Conflict(RegistryError):
+    """A conditional write lost: the row is not in the state the caller expected."""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class VersionRecord:
+    model: str
+    version: int
+    status: str
+    job_name: str = ""
+    run: str = ""
+    source: str = ""
+    created_at: str = ""
+    updated_at: str = ""
+    reason: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> VersionRecord:
+        return cls(
+            model=item["model"],
+            version=int(item["version"]),
+            status=item["status"],
+            job_name=item.get("job_name", ""),
+            run=item.get("run", ""),
+            source=item.get("source", ""),
+            created_at=item.get("created_at", ""),
+            updated_at=item.get("updated_at", ""),
+            reason=item.get("reason", ""),
+            summary=json.loads(item.get("summary", "{}")),
+            history=json.loads(item.get("history", "[]")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "status": self.status,
+            "job_name": self.job_name,
+            "run": self.run,
+            "source": self.source,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "reason": self.reason,
+            "summary": self.summary,
+        }
+
+
+@dataclass
+class Alias:
+    model: str
+    name: str
+    version: int
+    previous: list[int] = field(default_factory=list)
+    updated_at: str = ""
+    updated_by: str = ""
+    reason: str = ""
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Alias:
+        return cls(
+            model=item["model"],
+            name=item["alias"],
+            version=int(item["version"]),
+            previous=[int(v) for v in json.loads(item.get("previous", "[]"))],
+            updated_at=item.get("updated_at", ""),
+            updated_by=item.get("updated_by", ""),
+            reason=item.get("reason", ""),
+        )
+
+
+@dataclass
+class Claim:
+    job_name: str
+    model: str
+    version: int
+    started: bool
+    created: bool
+
+
+def _model_pk(model: str) -> str:
+    return f"MODEL#{model}"
+
+
+def _version_sk(version: int) -> str:
+    return f"V#{version_key(version)}"
+
+
+class Registry:
+    def __init__(self, table_name: str, *, client: Any = None) -> None:
+        self.table_name = table_name
+        self._ddb = client or boto3.client("dynamodb")
+        self._res = boto3.resource("dynamodb", **_client_kwargs(self._ddb))
+        self.table = self._res.Table(table_name)
+
+    # --- training jobs --------------------------------------------------------------------
+
+    def claim_job(self, *, job_name: str, model: str, run: str, source: str, actor: str) -> Claim:
+        """Allocate the next version for a job exactly once, however often the event arrives."""
+        for _ in range(20):
+            existing = self.table.get_item(Key={"pk": f"JOB#{job_name}", "sk": "JOB"}).get("Item")
+            if existing:
+                return Claim(
+                    job_name, existing["model"], int(existing["version"]),
+                    bool(existing.get("started")), created=False,
+                )
+            meta = self.table.get_item(Key={"pk": _model_pk(model), "sk": "META"}).get("Item")
+            current = int(meta["next_version"]) if meta else 0
+            version = current + 1
+            ts = now_iso()
+            counter_update: dict[str, Any] = {
+                "TableName": self.table_name,
+                "Key": {"pk": {"S": _model_pk(model)}, "sk": {"S": "META"}},
+                "UpdateExpression": "SET next_version = :v, model = :m, "
+                "created_at = if_not_exists(created_at, :t)",
+                "ExpressionAttributeValues": {
+                    ":v": {"N": str(version)}, ":m": {"S": model}, ":t": {"S": ts},
+                },
+            }
+            if meta:
+                counter_update["ConditionExpression"] = "next_version = :cur"
+                counter_update["ExpressionAttributeValues"][":cur"] = {"N": str(current)}
+            else:
+                counter_update["ConditionExpression"] = "attribute_not_exists(pk)"
+            history = json.dumps([{"at": ts, "by": actor, "status": TRAINING, "why": source}])
+            try:
+                self._ddb.transact_write_items(
+                    TransactItems=[
+                        {"Update": counter_update},
+                        {
+                            "Put": {
+                                "TableName": self.table_name,
+                                "Item": {
+                                    "pk": {"S": f"JOB#{job_name}"}, "sk": {"S": "JOB"},
+                                    "model": {"S": model}, "version": {"N": str(version)},
+                                    "started": {"BOOL": False}, "created_at": {"S": ts},
+                                },
+                                "ConditionExpression": "attribute_not_exists(pk)",
+                            }
+                        },
+                        {
+                            "Put": {
+                                "TableName": self.table_name,
+                                "Item": {
+                                    "pk": {"S": _model_pk(model)},
+                                    "sk": {"S": _version_sk(version)},
+                                    "model": {"S": model}, "version": {"N": str(version)},
+                                    "status": {"S": TRAINING}, "job_name": {"S": job_name},
+                                    "run": {"S": run}, "source": {"S": source},
+                                    "created_at": {"S": ts}, "updated_at": {"S": ts},
+                                    "summary": {"S": "{}"}, "history": {"S": history},
+                                },
+                                "ConditionExpression": "attribute_not_exists(pk)",
+                            }
+                        },
+                    ]
+                )
+            except ClientError as e:
+                if e.response["Error"]["Code"] in (
+                    "TransactionCanceledException", "ConditionalCheckFailedException",
+                ):
+                    continue  # lost a race: another delivery claimed it, or took the number
+                raise
+            self.audit(model, actor, "version-created", f"v{version} from {source}")
+            return Claim(job_name, model, version, started=False, created=True)
+        raise RegistryError(f"could not claim job {job_name}: too much contention")
+
+    def mark_started(self, job_name: str) -> None:
+        self.table.update_item(
+            Key={"pk": f"JOB#{job_name}", "sk": "JOB"},
+            UpdateExpression="SET started = :t",
+            ExpressionAttributeValues={":t": True},
+        )
+
+    def find_job(self, job_name: str) -> Claim | None:
+        item = self.table.get_item(Key={"pk": f"JOB#{job_name}", "sk": "JOB"}).get("Item")
+        if not item:
+            return None
+        return Claim(job_name, item["model"], int(item["version"]), bool(item.get("started")),
+                     created=False)
+
+    # --- versions -------------------------------------------------------------------------
+
+    def get_version(self, model: str, version: int) -> VersionRecord:
+        item = self.table.get_item(
+            Key={"pk": _model_pk(model), "sk": _version_sk(version)}, ConsistentRead=True
+        ).get("Item")
+        if not item:
+            raise NotFound(f"model {model!r} has no version {version}")
+        return VersionRecord.from_item(item)
+
+    def list_versions(self, model: str) -> list[VersionRecord]:
+        items = self._query_prefix(model, "V#")
+        return [VersionRecord.from_item(i) for i in items]
+
+    def list_models(self) -> list[str]:
+        models: list[str] = []
+        kwargs: dict[str, Any] = {
+            "FilterExpression": "sk = :meta",
+            "ExpressionAttributeValues": {":meta": "META"},
+            "ProjectionExpression": "model",
+        }
+        while True:
+            page = self.table.scan(**kwargs)
+            models.extend(i["model"] for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return sorted(models)
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def transition(
+        self,
+        model: str,
+        version: int,
+        *,
+        expected: tuple[str, ...],
+        status: str,
+        actor: str,
+        reason: str = "",
+        summary: dict[str, Any] | None = None,
+    ) -> VersionRecord:
+        """Move a version to `status` only if it is in one of the `expected` states."""
+        current = self.get_version(model, version)
+        if current.status not in expected:
+            raise Conflict(
+                f"{model} v{version} is {current.status}, expected one of {', '.join(expected)}"
+            )
+        ts = now_iso()
+        history = [*current.history, {"at": ts, "by": actor, "status": status, "why": reason}]
+        names = {"#s": "status"}
+        values: dict[str, Any] = {
+            ":s": status, ":u": ts, ":r": reason, ":h": json.dumps(history[-50:]),
+            ":old": current.status,
+        }
+        update = "SET #s = :s, updated_at = :u, reason = :r, history = :h"
+        if summary is not None:
+            update += ", summary = :sum"
+            values[":sum"] = json.dumps(summary, default=_json_default)
+        try:
+            self.table.update_item(
+                Key={"pk": _model_pk(model), "sk": _version_sk(version)},
+                UpdateExpression=update,
+                ConditionExpression="#s = :old",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as e:
+            if e.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise Conflict(f"{model} v{version} changed concurrently") from None
+            raise
+        self.audit(model, actor, f"status:{status}", f"v{version}: {reason}")
+        return self.get_version(model, version)
+
+    # --- aliases --------------------------------------------------------------------------
+
+    def get_alias(self, model: str, name: str = PROD) -> Alias | None:
+        item = self.table.get_item(Key={"pk": _model_pk(model), "sk": f"ALIAS#{name}"}).get(
+            "Item"
+        )
+        return Alias.from_item(item) if item else None
+
+    def promote(
+        self, model: str, version: int, *, actor: str, reason: str, name: str = PROD
+    ) -> Alias:
+        """Point the alias at a READY version; conditional on the alias not having moved."""
+        record = self.get_version(model, version)
+        if record.status != READY:
+            raise Conflict(f"{model} v{version} is {record.status}; only READY versions serve")
+        current = self.get_alias(model, name)
+        previous = [] if current is None else [*current.previous, current.version]
+        if current is not None and current.version == version:
+            return current
+        self._write_alias(model, name, version, previous[-_MAX_HISTORY:], current, actor, reason)
+        self.audit(model, actor, f"promote:{name}", f"v{version}: {reason}")
+        alias = self.get_alias(model, name)
+        assert alias is not None
+        return alias
+
+    def rollback(self, model: str, *, actor: str, reason: str, name: str = PROD) -> Alias:
+        """Point the alias back at the most recent earlier version that is still READY."""
+        current = self.get_alias(model, name)
+        if current is None:
+            raise NotFound(f"model {model!r} has no {name!r} alias to roll back")
+        previous = list(current.previous)
+        while previous:
+            candidate = previous.pop()
+            try:
+                if self.get_version(model, candidate).status == READY:
+                    self._write_alias(model, name, candidate, previous, current, actor, reason)
+                    self.audit(model, actor, f"rollback:{name}",
+                               f"v{current.version} -> v{candidate}: {reason}")
+                    alias = self.get_alias(model, name)
+                    assert alias is not None
+                    return alias
+            except NotFound:
+                continue
+        raise Conflict(f"model {model!r} has no earlier READY version to roll back to")
+
+    def _write_alias(
+        self, model: str, name: str, version: int, previous: list[int],
+        current: Alias | None, actor: str, reason: str,
+    ) -> None:
+        item = {
+            "pk": _model_pk(model), "sk": f"ALIAS#{name}", "model": model, "alias": name,
+            "version": version, "previous": json.dumps(previous), "updated_at": now_iso(),
+            "updated_by": actor, "reason": reason,
+        }
+        if current is None:
+            cond: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
+        else:
+            cond = {
+                "ConditionExpression": "version = :cur AND updated_at = :ts",
+                "ExpressionAttributeValues": {":cur": current.version, ":ts": current.updated_at},
+            }
+        try:
+            self.table.put_item(Item=item, **cond)
+        except ClientError as e:
+            if e.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise Conflict(f"alias {name!r} of {model!r} moved concurrently; retry") from None
+            raise
+
+    # --- audit ----------------------------------------------------------------------------
+
+    def audit(self, model: str, actor: str, action: str, detail: str) -> None:
+        self.table.put_item(
+            Item={
+                "pk": _model_pk(model),
+                "sk": f"AUDIT#{now_iso()}#{uuid.uuid4().hex[:8]}",
+                "model": model, "actor": actor, "action": action, "detail": detail,
+                "ttl": int(time.time()) + 400 * 24 * 3600,
+            }
+        )
+
+    def audit_log(self, model: str) -> list[dict[str, Any]]:
+        return [
+            {k: i[k] for k in ("actor", "action", "detail")} | {"at": i["sk"].split("#")[1]}
+            for i in self._query_prefix(model, "AUDIT#")
+        ]
+
+    def _query_prefix(self, model: str, prefix: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
+            "ExpressionAttributeValues": {":pk": _model_pk(model), ":p": prefix},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self.table.query(**kwargs)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _client_kwargs(client: Any) -> dict[str, Any]:
+    meta = client.meta
+    return {"region_name": meta.region_name, "endpoint_url": meta.endpoint_url}
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

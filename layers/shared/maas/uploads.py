@@ -1,0 +1,84 @@
+"""The upload contract: which S3 keys start a run, and what the run is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote_plus
+
+from .names import InvalidName, check_model_name, check_run_name
+
+DATA_SUFFIXES = (".csv", ".parquet", ".jsonl")
+JOB_FILE = "job.json"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An upload that starts a run."""
+
+    kind: Literal["file", "run"]
+    bucket: str
+    key: str
+    model: str
+    run: str
+    # The data channel: the lone file's key, or the run folder's prefix.
+    data_prefix: str
+
+
+@dataclass(frozen=True)
+class Ignored:
+    key: str
+    reason: str
+
+
+class RejectedUpload(ValueError):
+    """The key is meant to start a run but cannot: a reason to record, not to retry."""
+
+    def __init__(self, key: str, reason: str, model: str | None = None) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
+        self.model = model
+
+
+def decode_key(raw_key: str) -> str:
+    """S3 event keys arrive URL-encoded with '+' for spaces."""
+    return unquote_plus(raw_key)
+
+
+def classify(bucket: str, key: str) -> Upload | Ignored:
+    """Map a (decoded) key to the run it starts, or say why it starts none."""
+    parts = key.split("/")
+    if parts[0] != "datasets":
+        return Ignored(key, "outside datasets/: not a training upload")
+    if len(parts) < 3 or not parts[-1]:
+        return Ignored(key, "folder marker or incomplete key")
+    model_raw = parts[1]
+    try:
+        model = check_model_name(model_raw)
+    except InvalidName as e:
+        raise RejectedUpload(key, str(e)) from None
+    if len(parts) == 3:
+        filename = parts[2]
+        if filename == JOB_FILE:
+            raise RejectedUpload(
+                key, "job.json belongs in a run folder: datasets/<model>/<run>/job.json", model
+            )
+        if not filename.lower().endswith(DATA_SUFFIXES):
+            raise RejectedUpload(
+                key, f"unsupported data format {filename!r}: use .csv, .parquet or .jsonl", model
+            )
+        stem = filename.rsplit(".", 1)[0]
+        run = "".join(c if c.isalnum() and c.isascii() or c in "._-" else "-" for c in stem)
+        run = run.strip("-._")[:128] or "data"
+        return Upload("file", bucket, key, model, run, key)
+    if len(parts) == 4:
+        run_raw, filename = parts[2], parts[3]
+        if filename != JOB_FILE:
+            return Ignored(key, "data file inside a run folder: the run starts with its job.json")
+        try:
+            run = check_run_name(run_raw)
+        except InvalidName as e:
+            raise RejectedUpload(key, str(e), model) from None
+        return Upload("run", bucket, key, model, run, f"datasets/{model}/{run}/")
+    return Ignored(key, "nested deeper than datasets/<model>/<run>/<file>")
