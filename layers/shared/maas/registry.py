@@ -298,6 +298,27 @@ class Registry:
         self.audit(model, actor, f"status:{status}", f"v{version}: {reason}")
         return self.get_version(model, version)
 
+    def update_summary(self, model: str, version: int, fields: dict[str, Any]) -> None:
+        """Merge fields into a version's summary; guarded against a concurrent status change."""
+        for _ in range(5):
+            record = self.get_version(model, version)
+            summary = {**record.summary, **fields}
+            try:
+                self.table.update_item(
+                    Key={"pk": _model_pk(model), "sk": _version_sk(version)},
+                    UpdateExpression="SET summary = :s",
+                    ConditionExpression="updated_at = :u",
+                    ExpressionAttributeValues={
+                        ":s": json.dumps(summary, default=_json_default),
+                        ":u": record.updated_at,
+                    },
+                )
+                return
+            except ClientError as e:
+                if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+        raise Conflict(f"{model} v{version}: summary changed concurrently")
+
     # --- aliases --------------------------------------------------------------------------
 
     def get_alias(self, model: str, name: str = PROD) -> Alias | None:

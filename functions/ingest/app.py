@@ -1,0 +1,55 @@
+"""IngestFunction: S3 upload notifications (through SQS) -> idempotent training job starts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from maas.config import settings
+from maas.ingest import Ingest
+from maas.jobs import backend_for
+from maas.registry import Registry
+from maas.storage import Storage
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.SQS)
+_ingest: Ingest | None = None
+
+
+def ingest() -> Ingest:
+    global _ingest
+    if _ingest is None:
+        cfg = settings()
+        _ingest = Ingest(Registry(cfg.registry_table), Storage(), backend_for(cfg))
+    return _ingest
+
+
+@tracer.capture_method
+def record_handler(record: SQSRecord) -> list[dict[str, Any]]:
+    # A raised exception marks only this message failed; SQS retries it, then dead-letters it.
+    outcomes = ingest().handle_message(record.body)
+    for outcome in outcomes:
+        logger.info("ingest outcome", extra=asdict(outcome))
+        metrics.add_metric(f"Uploads{outcome.action.title()}", MetricUnit.Count, 1)
+    return [asdict(o) for o in outcomes]
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )

@@ -1,0 +1,31 @@
+"""OptimizeFunction: EventBridge "SageMaker Training Job State Change" -> quantized version."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from maas.config import settings
+from maas.optimize import Optimizer
+from maas.registry import Registry
+from maas.storage import Storage
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    cfg = settings()
+    optimizer = Optimizer(cfg, Registry(cfg.registry_table), Storage())
+    outcome = optimizer.handle_event(event)
+    logger.info("optimize outcome", extra=asdict(outcome))
+    metrics.add_metric(f"Versions{outcome.action.title().replace('-', '')}", MetricUnit.Count, 1)
+    return asdict(outcome)

@@ -1,0 +1,297 @@
+"""`maas`: the command line for the local stack and for a deployed stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .connect import StackHandle, StackNotFound, connect
+
+STATE_DIR = Path(os.environ.get("MAAS_STATE_DIR", Path.home() / ".cache" / "maas"))
+
+
+def _registry(stack: StackHandle) -> Any:
+    from maas.registry import Registry
+
+    return Registry(stack.outputs["RegistryTableName"], client=stack.client("dynamodb"))
+
+
+def _actor(stack: StackHandle) -> str:
+    try:
+        return str(stack.client("sts").get_caller_identity()["Arn"])
+    except Exception:
+        return f"user:{os.environ.get('USER', 'unknown')}"
+
+
+# --- local up -----------------------------------------------------------------------------
+
+def cmd_local_up(args: argparse.Namespace) -> int:
+    import logging
+
+    from .stack import LocalStack, LocalStackConfig
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = LocalStackConfig(aws_port=args.aws_port, api_port=args.api_port,
+                           workdir=Path(args.workdir), quiet_functions=not args.verbose)
+    stack = LocalStack(cfg).start()
+    print(f"maas local stack '{cfg.stack_name}' is up", flush=True)
+    print(f"  AWS endpoint : {stack.aws_url}   (export AWS_ENDPOINT_URL={stack.aws_url})")
+    print(f"  API          : {stack.api_url}/v2")
+    print(f"  data bucket  : s3://{stack.outputs['DataBucketName']}/datasets/<model>/")
+    print("Ctrl-C to stop.", flush=True)
+    stop = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    stack.stop()
+    return 0
+
+
+# --- upload / wait --------------------------------------------------------------------------
+
+def upload(stack: StackHandle, path: Path, model: str, *, label: str | None = None,
+           run: str | None = None, job: dict[str, Any] | None = None) -> str:
+    """Upload a dataset; returns the training job name the upload maps to."""
+    from maas.names import check_model_name, check_run_name, job_name
+    from maas.uploads import classify
+
+    check_model_name(model)
+    s3 = stack.client("s3")
+    bucket = stack.outputs["DataBucketName"]
+    if run is None and job is None:
+        key = f"datasets/{model}/{path.name}"
+        extra = {"Metadata": {"label": label}} if label else {}
+        s3.upload_file(str(path), bucket, key, ExtraArgs=extra or None)
+        trigger = key
+    else:
+        run = check_run_name(run or time.strftime("run-%Y%m%d-%H%M%S"))
+        s3.upload_file(str(path), bucket, f"datasets/{model}/{run}/{path.name}")
+        spec = dict(job or {})
+        if label:
+            spec.setdefault("label", label)
+        trigger = f"datasets/{model}/{run}/job.json"
+        s3.put_object(Bucket=bucket, Key=trigger, Body=json.dumps(spec).encode(),
+                      ContentType="application/json")
+    head = s3.head_object(Bucket=bucket, Key=trigger)
+    upload_ = classify(bucket, trigger)
+    identity = head.get("VersionId") or head["ETag"].strip('"')
+    if identity == "null":
+        identity = head["ETag"].strip('"')
+    name = job_name(model, upload_.run, identity)  # type: ignore[union-attr]
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    (STATE_DIR / f"last-job-{stack.name}-{model}").write_text(name)
+    return name
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    stack = connect()
+    job = json.loads(Path(args.job).read_text()) if args.job else None
+    name = upload(stack, Path(args.file), args.model, label=args.label, run=args.run, job=job)
+    print(f"uploaded {args.file} -> model {args.model!r}; training job {name}")
+    print(f"follow it with: maas wait {args.model}")
+    return 0
+
+
+def wait_for(stack: StackHandle, model: str, *, job: str | None = None, timeout: float = 900,
+             progress: bool = True) -> dict[str, Any]:
+    """Wait until the run's version is final; returns the version record (as a dict)."""
+    from maas.registry import FINAL_STATUSES
+
+    registry = _registry(stack)
+    if job is None:
+        state = STATE_DIR / f"last-job-{stack.name}-{model}"
+        job = state.read_text().strip() if state.exists() else None
+    deadline = time.monotonic() + timeout
+    last = None
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        record = None
+        if job is not None:
+            claim = registry.find_job(job)
+            if claim is not None:
+                record = registry.get_version(model, claim.version)
+        else:
+            versions = registry.list_versions(model)
+            record = versions[-1] if versions else None
+        status = record.status if record else "WAITING-FOR-INGEST"
+        if progress and status != last:
+            where = f" v{record.version}" if record else ""
+            print(f"  [{time.monotonic() - started:5.1f}s] {model}{where}: {status}", flush=True)
+            last = status
+        if record is not None and record.status in FINAL_STATUSES:
+            out = record.to_dict()
+            alias = registry.get_alias(model)
+            out["prod"] = alias.version if alias else None
+            return out
+        time.sleep(0.5)
+    raise TimeoutError(f"{model}: no final status after {timeout:.0f} s (last: {last})")
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    stack = connect()
+    try:
+        record = wait_for(stack, args.model, job=args.job, timeout=args.timeout)
+    except TimeoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(_version_line(record, record.get("prod")))
+    if record["status"] != "READY":
+        print(f"reason: {record['reason']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- registry views and changes ---------------------------------------------------------
+
+def _version_line(v: dict[str, Any], prod: int | None) -> str:
+    s = v.get("summary", {})
+    acc = (s.get("served_quality") or {}).get("accuracy")
+    size = s.get("size_bytes")
+    fp32 = s.get("fp32_size_bytes")
+    parts = [f"v{v['version']:<3}", f"{v['status']:<10}", "prod" if v["version"] == prod else "    "]
+    if s.get("recipe"):
+        parts.append(f"recipe={s['recipe']}")
+    if acc is not None:
+        parts.append(f"accuracy={acc:.4f}")
+    if size and fp32:
+        parts.append(f"size={fp32 / 1024:.0f}KiB->{size / 1024:.0f}KiB")
+    parts.append(v.get("created_at", ""))
+    if v["status"] in ("FAILED", "REJECTED") and v.get("reason"):
+        parts.append(f"reason: {v['reason']}")
+    return "  ".join(parts)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    registry = _registry(connect())
+    models = registry.list_models()
+    if not models:
+        print("no models yet: upload a dataset with `maas upload FILE --model NAME`")
+    for m in models:
+        alias = registry.get_alias(m)
+        versions = registry.list_versions(m)
+        latest = versions[-1] if versions else None
+        print(f"{m:<24} prod=v{alias.version if alias else '-'}  versions={len(versions)}  "
+              f"latest={'v%d %s' % (latest.version, latest.status) if latest else '-'}")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    registry = _registry(connect())
+    alias = registry.get_alias(args.model)
+    versions = registry.list_versions(args.model)
+    if not versions:
+        print(f"model {args.model!r} has no versions", file=sys.stderr)
+        return 1
+    for v in versions:
+        print(_version_line(v.to_dict(), alias.version if alias else None))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from maas.registry import RegistryError
+
+    stack = connect()
+    try:
+        alias = _registry(stack).promote(args.model, args.version, actor=_actor(stack),
+                                         reason=args.reason)
+    except RegistryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.model}: prod -> v{alias.version}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from maas.registry import RegistryError
+
+    stack = connect()
+    try:
+        alias = _registry(stack).rollback(args.model, actor=_actor(stack), reason=args.reason)
+    except RegistryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.model}: prod -> v{alias.version}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(timeout=args.timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="maas", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    local = sub.add_parser("local", help="the embedded local stack")
+    local_sub = local.add_subparsers(dest="local_command", required=True)
+    up = local_sub.add_parser("up", help="start the local stack in the foreground")
+    up.add_argument("--api-port", type=int, default=8080)
+    up.add_argument("--aws-port", type=int, default=4566)
+    up.add_argument("--workdir", default=".maas/local")
+    up.add_argument("--verbose", action="store_true", help="show the functions' logs")
+    up.set_defaults(func=cmd_local_up)
+
+    u = sub.add_parser("upload", help="upload a dataset (starts a training run)")
+    u.add_argument("file")
+    u.add_argument("--model", required=True)
+    u.add_argument("--label", help="label column (default: label)")
+    u.add_argument("--run", help="upload as a run folder datasets/<model>/<run>/ with a job.json")
+    u.add_argument("--job", help="a job.json file with the run's settings (implies a run folder)")
+    u.set_defaults(func=cmd_upload)
+
+    sub.add_parser("models", help="list models").set_defaults(func=cmd_models)
+    v = sub.add_parser("versions", help="list a model's versions")
+    v.add_argument("model")
+    v.set_defaults(func=cmd_versions)
+
+    w = sub.add_parser("wait", help="wait until the latest run is promoted or failed")
+    w.add_argument("model")
+    w.add_argument("--timeout", type=float, default=900)
+    w.add_argument("--job", help="the training job to follow (default: your last upload)")
+    w.set_defaults(func=cmd_wait)
+
+    pr = sub.add_parser("promote", help="point prod at a READY version")
+    pr.add_argument("model")
+    pr.add_argument("version", type=int)
+    pr.add_argument("--reason", default="manual promotion")
+    pr.set_defaults(func=cmd_promote)
+
+    rb = sub.add_parser("rollback", help="point prod back at the previous READY version")
+    rb.add_argument("model")
+    rb.add_argument("--reason", default="manual rollback")
+    rb.set_defaults(func=cmd_rollback)
+
+    d = sub.add_parser("demo", help="digits end to end on the local stack")
+    d.add_argument("--timeout", type=float, default=600)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except StackNotFound as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Find a stack: the local one (AWS_ENDPOINT_URL, or 127.0.0.1:4566 when it answers) or AWS.
+
+Either way the stack's names come from its CloudFormation outputs, so nothing else is set.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+from .stack import port_open
+
+DEFAULT_LOCAL = ("127.0.0.1", 4566)
+
+
+class StackNotFound(RuntimeError):
+    pass
+
+
+@dataclass
+class StackHandle:
+    name: str
+    endpoint: str | None
+    outputs: dict[str, str]
+    session: Any
+
+    def client(self, service: str) -> Any:
+        return self.session.client(service, endpoint_url=self.endpoint)
+
+    @property
+    def local(self) -> bool:
+        return self.endpoint is not None
+
+
+def connect(stack_name: str | None = None) -> StackHandle:
+    name = stack_name or os.environ.get("MAAS_STACK", "maas")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint and port_open(*DEFAULT_LOCAL):
+        endpoint = f"http://{DEFAULT_LOCAL[0]}:{DEFAULT_LOCAL[1]}"
+    if endpoint:
+        # moto accepts any credentials; don't make a laptop user configure fake ones.
+        session = boto3.Session(
+            aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+            aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+            region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        )
+    else:
+        session = boto3.Session()
+    cfn = session.client("cloudformation", endpoint_url=endpoint)
+    try:
+        stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    except Exception as e:
+        where = endpoint or "AWS"
+        raise StackNotFound(
+            f"no stack {name!r} at {where}: start one with `maas local up`, deploy with "
+            f"`sam deploy`, or set AWS_ENDPOINT_URL / MAAS_STACK ({e})"
+        ) from None
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    return StackHandle(name, endpoint, outputs, session)

@@ -1,0 +1,116 @@
+"""An HTTP server that turns requests into API Gateway HTTP API (payload 2.0) events."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from .lambda_runtime import FunctionPool
+
+log = logging.getLogger("maas.local.api")
+# API Gateway passes these content types through as text; everything else arrives base64.
+TEXT_TYPES = ("application/json", "text/", "application/xml", "application/x-www-form-urlencoded")
+MAX_PAYLOAD = 10 * 1024 * 1024  # API Gateway's own request limit; Lambda's 6 MB is the function's
+
+
+def http_api_event(method: str, raw_path: str, headers: dict[str, str], body: bytes,
+                   source_ip: str = "127.0.0.1") -> dict[str, Any]:
+    parts = urlsplit(raw_path)
+    lowered = {k.lower(): v for k, v in headers.items()}
+    content_type = lowered.get("content-type", "")
+    is_text = not body or content_type.startswith(TEXT_TYPES)
+    now = datetime.now(UTC)
+    query: dict[str, str] = {}
+    for pair in filter(None, parts.query.split("&")):
+        k, _, v = pair.partition("=")
+        query[k] = f"{query[k]},{v}" if k in query else v
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": parts.path,
+        "rawQueryString": parts.query,
+        "headers": lowered,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "local",
+            "domainName": lowered.get("host", "localhost"),
+            "domainPrefix": "local",
+            "http": {
+                "method": method,
+                "path": parts.path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": source_ip,
+                "userAgent": lowered.get("user-agent", ""),
+            },
+            "requestId": uuid.uuid4().hex,
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": int(time.time() * 1000),
+        },
+        "isBase64Encoded": not is_text,
+    }
+    if query:
+        event["queryStringParameters"] = query
+    if body:
+        event["body"] = body.decode("utf-8") if is_text else base64.b64encode(body).decode()
+    return event
+
+
+class ApiServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, function: FunctionPool) -> None:
+        self.function = function
+        super().__init__((host, port), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ApiServer
+    protocol_version = "HTTP/1.1"
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_PAYLOAD:
+            self._reply(413, {"content-type": "application/json"},
+                        json.dumps({"error": "request too large"}).encode())
+            self.close_connection = True
+            return
+        body = self.rfile.read(length) if length else b""
+        event = http_api_event(self.command, self.path, dict(self.headers.items()), body,
+                               self.client_address[0])
+        try:
+            result = self.server.function.invoke(event)
+        except Exception:
+            log.exception("inference function failed")
+            # What API Gateway answers when the integration fails.
+            self._reply(500, {"content-type": "application/json"},
+                        b'{"message":"Internal Server Error"}')
+            return
+        status = int(result.get("statusCode", 200))
+        headers = {k.lower(): str(v) for k, v in (result.get("headers") or {}).items()}
+        raw = result.get("body") or ""
+        payload = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode()
+        self._reply(status, headers, payload)
+
+    def _reply(self, status: int, headers: dict[str, str], payload: bytes) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            if k not in ("content-length", "connection"):
+                self.send_header(k, v)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)

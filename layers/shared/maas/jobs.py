@@ -1,0 +1,124 @@
+"""Starting training jobs: one request shape (SageMaker's CreateTrainingJob), two backends."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import boto3
+from botocore.exceptions import ClientError
+
+from .config import Settings
+from .jobspec import JobSpec
+
+TRAINING_OUTPUT_PREFIX = "training-output/"
+CHECKPOINT_PREFIX = "checkpoints/"
+# name=value lines the training entry point prints; SageMaker scrapes them into CloudWatch.
+METRIC_DEFINITIONS = [
+    {"Name": name, "Regex": rf"{name}=([-+0-9.eE]+|nan|inf)"}
+    for name in ("train_loss", "val_loss", "val_accuracy", "test_accuracy")
+]
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    job_name: str
+    model: str
+    version: int
+    data_uri: str
+    spec: JobSpec
+
+    def to_create_training_job(self, settings: Settings) -> dict[str, Any]:
+        """The CreateTrainingJob request for the AWS PyTorch image in script mode."""
+        spec = self.spec
+        runtime = spec.max_runtime_s or settings.training_max_runtime_s
+        spot = settings.training_spot if spec.spot is None else spec.spot
+        hyper = spec.hyperparameters_for_sagemaker()
+        # Script mode: the stock PyTorch training image fetches and runs our code tarball.
+        hyper.update({
+            "sagemaker_program": json.dumps("train.py"),
+            "sagemaker_submit_directory": json.dumps(settings.training_code_s3),
+            "sagemaker_container_log_level": json.dumps(20),
+        })
+        artifacts = settings.artifact_bucket
+        request: dict[str, Any] = {
+            "TrainingJobName": self.job_name,
+            "AlgorithmSpecification": {
+                "TrainingImage": settings.training_image,
+                "TrainingInputMode": "File",
+                "MetricDefinitions": METRIC_DEFINITIONS,
+            },
+            "RoleArn": settings.training_role_arn,
+            "HyperParameters": hyper,
+            "InputDataConfig": [{
+                "ChannelName": "train",
+                "DataSource": {"S3DataSource": {
+                    "S3DataType": "S3Prefix",
+                    "S3Uri": self.data_uri,
+                    "S3DataDistributionType": "FullyReplicated",
+                }},
+                "InputMode": "File",
+            }],
+            "OutputDataConfig": {"S3OutputPath": f"s3://{artifacts}/{TRAINING_OUTPUT_PREFIX}"},
+            "ResourceConfig": {
+                "InstanceType": spec.instance_type or settings.training_instance_type,
+                "InstanceCount": spec.instance_count or settings.training_instance_count,
+                "VolumeSizeInGB": 30,
+            },
+            "StoppingCondition": {"MaxRuntimeInSeconds": runtime},
+            "EnableManagedSpotTraining": spot,
+            "Tags": [
+                {"Key": "maas:stack", "Value": settings.stack_name},
+                {"Key": "maas:model", "Value": self.model},
+                {"Key": "maas:version", "Value": str(self.version)},
+            ],
+        }
+        if spot:
+            # Spot needs a wait budget >= runtime, and checkpoints to resume after interruption.
+            request["StoppingCondition"]["MaxWaitTimeInSeconds"] = runtime * 2
+            request["CheckpointConfig"] = {
+                "S3Uri": f"s3://{artifacts}/{CHECKPOINT_PREFIX}{self.job_name}/",
+                "LocalPath": "/opt/ml/checkpoints",
+            }
+        return request
+
+
+class TrainingBackend(Protocol):
+    def start(self, request: TrainingRequest) -> None: ...
+
+
+class SageMakerBackend:
+    def __init__(self, settings: Settings, client: Any = None) -> None:
+        self.settings = settings
+        self.sm = client or boto3.client("sagemaker")
+
+    def start(self, request: TrainingRequest) -> None:
+        try:
+            self.sm.create_training_job(**request.to_create_training_job(self.settings))
+        except ClientError as e:
+            # The job name is deterministic: "in use" means a previous delivery started it.
+            if e.response["Error"]["Code"] == "ResourceInUse":
+                return
+            raise
+
+
+class LocalBackend:
+    """Hands the same CreateTrainingJob request to the local stack's runner through SQS."""
+
+    def __init__(self, settings: Settings, client: Any = None) -> None:
+        if not settings.local_training_queue_url:
+            raise ValueError("TRAINING_BACKEND=local needs LOCAL_TRAINING_QUEUE_URL")
+        self.settings = settings
+        self.sqs = client or boto3.client("sqs")
+
+    def start(self, request: TrainingRequest) -> None:
+        body = request.to_create_training_job(self.settings)
+        self.sqs.send_message(QueueUrl=self.settings.local_training_queue_url,
+                              MessageBody=json.dumps(body))
+
+
+def backend_for(settings: Settings) -> TrainingBackend:
+    if settings.training_backend == "local":
+        return LocalBackend(settings)
+    return SageMakerBackend(settings)
