@@ -11,7 +11,6 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
-
 from maas import __version__
 from maas.oip import ProtocolError, decode_request, encode_response
 from maas.serving import ModelNotFound, ModelStore, ModelUnavailable
@@ -108,8 +107,9 @@ def _infer(model: str, version: str | None) -> Response:
     loaded = s.get(model, version)
     started = time.perf_counter()
     outputs = loaded.infer(request, s.settings.max_batch_size)
-    metrics.add_metric("InferenceLatency", MetricUnit.Milliseconds,
-                       (time.perf_counter() - started) * 1000)
+    metrics.add_metric(
+        "InferenceLatency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000
+    )
     return _json(200, encode_response(model, loaded.version, outputs, request.id))
 
 

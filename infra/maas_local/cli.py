@@ -31,15 +31,22 @@ def _actor(stack: StackHandle) -> str:
 
 # --- local up -----------------------------------------------------------------------------
 
+
 def cmd_local_up(args: argparse.Namespace) -> int:
     import logging
 
     from .stack import LocalStack, LocalStackConfig
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = LocalStackConfig(aws_port=args.aws_port, api_port=args.api_port,
-                           workdir=Path(args.workdir), quiet_functions=not args.verbose)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    cfg = LocalStackConfig(
+        aws_port=args.aws_port,
+        api_port=args.api_port,
+        workdir=Path(args.workdir),
+        quiet_functions=not args.verbose,
+    )
     stack = LocalStack(cfg).start()
     print(f"maas local stack '{cfg.stack_name}' is up", flush=True)
     print(f"  AWS endpoint : {stack.aws_url}   (export AWS_ENDPOINT_URL={stack.aws_url})")
@@ -64,8 +71,16 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 
 # --- upload / wait --------------------------------------------------------------------------
 
-def upload(stack: StackHandle, path: Path, model: str, *, label: str | None = None,
-           run: str | None = None, job: dict[str, Any] | None = None) -> str:
+
+def upload(
+    stack: StackHandle,
+    path: Path,
+    model: str,
+    *,
+    label: str | None = None,
+    run: str | None = None,
+    job: dict[str, Any] | None = None,
+) -> str:
     """Upload a dataset; returns the training job name the upload maps to."""
     from maas.names import check_model_name, check_run_name, job_name
     from maas.uploads import classify
@@ -85,8 +100,12 @@ def upload(stack: StackHandle, path: Path, model: str, *, label: str | None = No
         if label:
             spec.setdefault("label", label)
         trigger = f"datasets/{model}/{run}/job.json"
-        s3.put_object(Bucket=bucket, Key=trigger, Body=json.dumps(spec).encode(),
-                      ContentType="application/json")
+        s3.put_object(
+            Bucket=bucket,
+            Key=trigger,
+            Body=json.dumps(spec).encode(),
+            ContentType="application/json",
+        )
     head = s3.head_object(Bucket=bucket, Key=trigger)
     upload_ = classify(bucket, trigger)
     identity = head.get("VersionId") or head["ETag"].strip('"')
@@ -107,8 +126,14 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_for(stack: StackHandle, model: str, *, job: str | None = None, timeout: float = 900,
-             progress: bool = True) -> dict[str, Any]:
+def wait_for(
+    stack: StackHandle,
+    model: str,
+    *,
+    job: str | None = None,
+    timeout: float = 900,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Wait until the run's version is final; returns the version record (as a dict)."""
     from maas.registry import FINAL_STATUSES
 
@@ -158,12 +183,17 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 # --- registry views and changes ---------------------------------------------------------
 
+
 def _version_line(v: dict[str, Any], prod: int | None) -> str:
     s = v.get("summary", {})
     acc = (s.get("served_quality") or {}).get("accuracy")
     size = s.get("size_bytes")
     fp32 = s.get("fp32_size_bytes")
-    parts = [f"v{v['version']:<3}", f"{v['status']:<10}", "prod" if v["version"] == prod else "    "]
+    parts = [
+        f"v{v['version']:<3}",
+        f"{v['status']:<10}",
+        "prod" if v["version"] == prod else "    ",
+    ]
     if s.get("recipe"):
         parts.append(f"recipe={s['recipe']}")
     if acc is not None:
@@ -185,8 +215,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         alias = registry.get_alias(m)
         versions = registry.list_versions(m)
         latest = versions[-1] if versions else None
-        print(f"{m:<24} prod=v{alias.version if alias else '-'}  versions={len(versions)}  "
-              f"latest={'v%d %s' % (latest.version, latest.status) if latest else '-'}")
+        print(
+            f"{m:<24} prod=v{alias.version if alias else '-'}  versions={len(versions)}  "
+            f"latest={f'v{latest.version} {latest.status}' if latest else '-'}"
+        )
     return 0
 
 
@@ -207,8 +239,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     stack = connect()
     try:
-        alias = _registry(stack).promote(args.model, args.version, actor=_actor(stack),
-                                         reason=args.reason)
+        alias = _registry(stack).promote(
+            args.model, args.version, actor=_actor(stack), reason=args.reason
+        )
     except RegistryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -34,37 +34,53 @@ def run_demo(timeout: float = 600) -> int:
     t0 = time.monotonic()
     digits = load_digits()
     x_train, x_test, y_train, y_test = train_test_split(
-        digits.data, digits.target, test_size=0.25, stratify=digits.target, random_state=0)
-    print(f"digits: {len(digits.data)} real samples; {len(x_train)} uploaded for training, "
-          f"{len(x_test)} kept back for scoring over HTTP")
+        digits.data, digits.target, test_size=0.25, stratify=digits.target, random_state=0
+    )
+    print(
+        f"digits: {len(digits.data)} real samples; {len(x_train)} uploaded for training, "
+        f"{len(x_test)} kept back for scoring over HTTP"
+    )
     with tempfile.TemporaryDirectory(prefix="maas-demo-") as tmp:
-        cfg = LocalStackConfig(aws_port=free_port(), api_port=free_port(),
-                               workdir=Path(tmp) / "stack")
+        cfg = LocalStackConfig(
+            aws_port=free_port(), api_port=free_port(), workdir=Path(tmp) / "stack"
+        )
         with LocalStack(cfg) as stack:
             print(f"local stack up: AWS {stack.aws_url}, API {stack.api_url}")
             stack.runner.on_line = _progress
             import boto3
 
-            session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
-                                    region_name=cfg.region)
+            session = boto3.Session(
+                aws_access_key_id="testing", aws_secret_access_key="testing", region_name=cfg.region
+            )
             handle = StackHandle(cfg.stack_name, stack.aws_url, stack.outputs, session)
             data = Path(tmp) / "digits.csv"
             _write_csv(data, x_train, y_train)
             job = upload(handle, data, MODEL, label="label")
-            print(f"uploaded s3://{stack.outputs['DataBucketName']}/datasets/{MODEL}/digits.csv "
-                  f"-> training job {job}")
+            print(
+                f"uploaded s3://{stack.outputs['DataBucketName']}/datasets/{MODEL}/digits.csv "
+                f"-> training job {job}"
+            )
             record = wait_for(handle, MODEL, job=job, timeout=timeout)
             if record["status"] != "READY" or record.get("prod") != record["version"]:
-                print(f"demo failed: v{record['version']} is {record['status']}: "
-                      f"{record['reason']}")
+                print(
+                    f"demo failed: v{record['version']} is {record['status']}: {record['reason']}"
+                )
                 return 1
             pipeline_s = time.monotonic() - t0
             url = f"{stack.api_url}/v2/models/{MODEL}/infer"
             http = requests.Session()
             correct, latencies = 0, []
             for row, want in zip(x_test, y_test, strict=True):
-                body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
-                                    "data": row.astype(float).tolist()}]}
+                body = {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [1, 64],
+                            "datatype": "FP32",
+                            "data": row.astype(float).tolist(),
+                        }
+                    ]
+                }
                 t = time.perf_counter()
                 r = http.post(url, json=body, timeout=30)
                 latencies.append((time.perf_counter() - t) * 1000)
@@ -78,12 +94,18 @@ def run_demo(timeout: float = 600) -> int:
             print()
             print(f"test accuracy over HTTP : {accuracy:.4f} ({correct}/{len(y_test)} rows)")
             print(f"chosen recipe           : {summary.get('recipe')}")
-            print(f"model size              : {summary.get('fp32_size_bytes', 0) / 1024:.1f} KiB "
-                  f"fp32 -> {summary.get('size_bytes', 0) / 1024:.1f} KiB served")
-            print(f"request latency (HTTP)  : p50 {statistics.median(latencies):.2f} ms, "
-                  f"p99 {p99:.2f} ms over {len(latencies)} requests")
-            print(f"upload -> serving       : {pipeline_s:.1f} s; demo total "
-                  f"{time.monotonic() - t0:.1f} s")
+            print(
+                f"model size              : {summary.get('fp32_size_bytes', 0) / 1024:.1f} KiB "
+                f"fp32 -> {summary.get('size_bytes', 0) / 1024:.1f} KiB served"
+            )
+            print(
+                f"request latency (HTTP)  : p50 {statistics.median(latencies):.2f} ms, "
+                f"p99 {p99:.2f} ms over {len(latencies)} requests"
+            )
+            print(
+                f"upload -> serving       : {pipeline_s:.1f} s; demo total "
+                f"{time.monotonic() - t0:.1f} s"
+            )
     return 0 if accuracy >= 0.95 else 1
 
 

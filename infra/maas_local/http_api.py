@@ -20,8 +20,9 @@ TEXT_TYPES = ("application/json", "text/", "application/xml", "application/x-www
 MAX_PAYLOAD = 10 * 1024 * 1024  # API Gateway's own request limit; Lambda's 6 MB is the function's
 
 
-def http_api_event(method: str, raw_path: str, headers: dict[str, str], body: bytes,
-                   source_ip: str = "127.0.0.1") -> dict[str, Any]:
+def http_api_event(
+    method: str, raw_path: str, headers: dict[str, str], body: bytes, source_ip: str = "127.0.0.1"
+) -> dict[str, Any]:
     parts = urlsplit(raw_path)
     lowered = {k.lower(): v for k, v in headers.items()}
     content_type = lowered.get("content-type", "")
@@ -75,24 +76,30 @@ class ApiServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: ApiServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # small responses otherwise wait on delayed ACKs (~40 ms)
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_PAYLOAD:
-            self._reply(413, {"content-type": "application/json"},
-                        json.dumps({"error": "request too large"}).encode())
+            self._reply(
+                413,
+                {"content-type": "application/json"},
+                json.dumps({"error": "request too large"}).encode(),
+            )
             self.close_connection = True
             return
         body = self.rfile.read(length) if length else b""
-        event = http_api_event(self.command, self.path, dict(self.headers.items()), body,
-                               self.client_address[0])
+        event = http_api_event(
+            self.command, self.path, dict(self.headers.items()), body, self.client_address[0]
+        )
         try:
             result = self.server.function.invoke(event)
         except Exception:
             log.exception("inference function failed")
             # What API Gateway answers when the integration fails.
-            self._reply(500, {"content-type": "application/json"},
-                        b'{"message":"Internal Server Error"}')
+            self._reply(
+                500, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}'
+            )
             return
         status = int(result.get("statusCode", 200))
         headers = {k.lower(): str(v) for k, v in (result.get("headers") or {}).items()}
@@ -106,9 +113,11 @@ class _Handler(BaseHTTPRequestHandler):
             if k not in ("content-length", "connection"):
                 self.send_header(k, v)
         self.send_header("content-length", str(len(payload)))
-        self.end_headers()
+        # Headers and body in one write (end_headers() would flush the headers on their own).
+        self._headers_buffer.append(b"\r\n")  # type: ignore[attr-defined]
         if self.command != "HEAD":
-            self.wfile.write(payload)
+            self._headers_buffer.append(payload)  # type: ignore[attr-defined]
+        self.flush_headers()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 

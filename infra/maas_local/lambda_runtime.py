@@ -52,8 +52,14 @@ def load_handler_module(functions_dir: Path, name: str) -> ModuleType:
 class FunctionPool:
     """N warm containers of one function; each serves one event at a time, as on Lambda."""
 
-    def __init__(self, functions_dir: Path, name: str, size: int = 1, memory_mb: int = 1769,
-                 timeout_s: float = 900) -> None:
+    def __init__(
+        self,
+        functions_dir: Path,
+        name: str,
+        size: int = 1,
+        memory_mb: int = 1769,
+        timeout_s: float = 900,
+    ) -> None:
         self.name = name
         self.memory_mb = memory_mb
         self.timeout_s = timeout_s
@@ -72,4 +78,11 @@ class FunctionPool:
     def invoke(self, event: dict[str, Any]) -> Any:
         with self._container() as module:
             context = LambdaContext(self.name, self.memory_mb, self.timeout_s)
-            return module.lambda_handler(event, context)
+            try:
+                return module.lambda_handler(event, context)
+            finally:
+                # Powertools keeps (and at 100 values prints) metrics it was told not to flush;
+                # a Lambda sandbox would flush them, so drop them here.
+                metrics = getattr(module, "metrics", None)
+                if metrics is not None and hasattr(metrics, "clear_metrics"):
+                    metrics.clear_metrics()

@@ -86,8 +86,9 @@ class TrainingRunner:
         except Exception as e:  # the platform itself failed: still a recorded outcome
             log.exception("runner failed for %s", name)
             reason = f"InternalServerError: {e}"
-        event = state_change_event(request, status, reason, artifact, started,
-                                   self.stack.cfg.region)
+        event = state_change_event(
+            request, status, reason, artifact, started, self.stack.cfg.region
+        )
         result = self.optimize.invoke(event)
         self.completed.append({"job": name, "status": status, "result": result})
         return {"status": status, "reason": reason, "artifact": artifact, "result": result}
@@ -105,7 +106,7 @@ class TrainingRunner:
             root = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
-                    rel = obj["Key"][len(root):]
+                    rel = obj["Key"][len(root) :]
                     if not rel or rel.endswith("/") or ".." in Path(rel).parts:
                         continue
                     target = dest / rel
@@ -115,11 +116,17 @@ class TrainingRunner:
         config = opt_ml / "input" / "config"
         config.mkdir(parents=True, exist_ok=True)
         (config / "hyperparameters.json").write_text(json.dumps(request.get("HyperParameters", {})))
-        (config / "resourceconfig.json").write_text(json.dumps(
-            {"current_host": HOST, "hosts": [HOST], "network_interface_name": "lo"}))
-        (config / "inputdataconfig.json").write_text(json.dumps(
-            {c["ChannelName"]: {"TrainingInputMode": "File"}
-             for c in request.get("InputDataConfig", [])}))
+        (config / "resourceconfig.json").write_text(
+            json.dumps({"current_host": HOST, "hosts": [HOST], "network_interface_name": "lo"})
+        )
+        (config / "inputdataconfig.json").write_text(
+            json.dumps(
+                {
+                    c["ChannelName"]: {"TrainingInputMode": "File"}
+                    for c in request.get("InputDataConfig", [])
+                }
+            )
+        )
         for sub in ("model", "output/data", "checkpoints"):
             (opt_ml / sub).mkdir(parents=True, exist_ok=True)
 
@@ -127,25 +134,33 @@ class TrainingRunner:
         name = request["TrainingJobName"]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
         channels = [c["ChannelName"] for c in request.get("InputDataConfig", [])]
-        env.update({
-            "MAAS_OPT_ML": str(opt_ml),
-            "SM_MODEL_DIR": str(opt_ml / "model"),
-            "SM_OUTPUT_DATA_DIR": str(opt_ml / "output" / "data"),
-            "SM_INPUT_CONFIG_DIR": str(opt_ml / "input" / "config"),
-            "SM_HOSTS": json.dumps([HOST]),
-            "SM_CURRENT_HOST": HOST,
-            "SM_NUM_GPUS": "0",
-            "SM_HPS": json.dumps(request.get("HyperParameters", {})),
-            "SM_CHANNELS": json.dumps(channels),
-            "TRAINING_JOB_NAME": name,
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "MAAS_OPT_ML": str(opt_ml),
+                "SM_MODEL_DIR": str(opt_ml / "model"),
+                "SM_OUTPUT_DATA_DIR": str(opt_ml / "output" / "data"),
+                "SM_INPUT_CONFIG_DIR": str(opt_ml / "input" / "config"),
+                "SM_HOSTS": json.dumps([HOST]),
+                "SM_CURRENT_HOST": HOST,
+                "SM_NUM_GPUS": "0",
+                "SM_HPS": json.dumps(request.get("HyperParameters", {})),
+                "SM_CHANNELS": json.dumps(channels),
+                "TRAINING_JOB_NAME": name,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         for c in channels:
             env[f"SM_CHANNEL_{c.upper()}"] = str(opt_ml / "input" / "data" / c)
         timeout = int(request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 3600))
         entry = self.stack.cfg.training_entry
-        proc = subprocess.Popen([sys.executable, str(entry)], cwd=entry.parent, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(entry)],
+            cwd=entry.parent,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
@@ -177,8 +192,14 @@ class TrainingRunner:
         return uri
 
 
-def state_change_event(request: dict[str, Any], status: str, reason: str, artifact: str | None,
-                       started: datetime, region: str) -> dict[str, Any]:
+def state_change_event(
+    request: dict[str, Any],
+    status: str,
+    reason: str,
+    artifact: str | None,
+    started: datetime,
+    region: str,
+) -> dict[str, Any]:
     """The EventBridge event SageMaker emits when a training job ends."""
     from .stack import ACCOUNT
 

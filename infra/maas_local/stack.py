@@ -1,11 +1,11 @@
 """The embedded local stack: moto's server plays AWS; the production handlers do the work.
 
-  moto (S3, SQS, DynamoDB, CloudFormation outputs) on 127.0.0.1:<aws_port>
-  S3 notifications -> IngestQueue (moto delivers them, as S3 does)
-  poller           -> IngestFunction with SQS events (Lambda's event source mapping)
-  runner           -> training/train.py under the SageMaker contract, then OptimizeFunction
-                      with the "SageMaker Training Job State Change" event
-  HTTP server      -> InferenceFunction with API Gateway HTTP API payload-2.0 events
+moto (S3, SQS, DynamoDB, CloudFormation outputs) on 127.0.0.1:<aws_port>
+S3 notifications -> IngestQueue (moto delivers them, as S3 does)
+poller           -> IngestFunction with SQS events (Lambda's event source mapping)
+runner           -> training/train.py under the SageMaker contract, then OptimizeFunction
+                    with the "SageMaker Training Job State Change" event
+HTTP server      -> InferenceFunction with API Gateway HTTP API payload-2.0 events
 """
 
 from __future__ import annotations
@@ -97,8 +97,13 @@ class LocalStack:
         return f"http://{self.cfg.host}:{self.cfg.api_port}"
 
     def client(self, service: str) -> Any:
-        return boto3.client(service, endpoint_url=self.aws_url, region_name=self.cfg.region,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            service,
+            endpoint_url=self.aws_url,
+            region_name=self.cfg.region,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -109,8 +114,10 @@ class LocalStack:
             if port_open(self.cfg.host, port):
                 raise RuntimeError(f"port {port} on {self.cfg.host} is already in use")
         self.cfg.workdir.mkdir(parents=True, exist_ok=True)
-        self._moto = ThreadedMotoServer(ip_address=self.cfg.host, port=self.cfg.aws_port,
-                                        verbose=False)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
+        self._moto = ThreadedMotoServer(
+            ip_address=self.cfg.host, port=self.cfg.aws_port, verbose=False
+        )
         self._moto.start()
         self._create_resources()
         self._configure_function_env()
@@ -119,8 +126,9 @@ class LocalStack:
 
         ingest = FunctionPool(self.cfg.functions_dir, "ingest", timeout_s=60)
         optimize = FunctionPool(self.cfg.functions_dir, "optimize", memory_mb=3008)
-        inference = FunctionPool(self.cfg.functions_dir, "inference",
-                                 size=self.cfg.inference_containers, timeout_s=30)
+        inference = FunctionPool(
+            self.cfg.functions_dir, "inference", size=self.cfg.inference_containers, timeout_s=30
+        )
         self.runner = TrainingRunner(self, optimize)
         self._spawn("ingest-poller", self._poll_ingest, ingest)
         for i in range(self.cfg.training_workers):
@@ -159,30 +167,39 @@ class LocalStack:
         s3, sqs, ddb = self.client("s3"), self.client("sqs"), self.client("dynamodb")
         queues = resources_of_type(template, "AWS::SQS::Queue")
         # Dead-letter queues first: the others point at them.
-        ordered = sorted(queues.items(), key=lambda kv: "RedrivePolicy" in kv[1].get(
-            "Properties", {}))
+        ordered = sorted(
+            queues.items(), key=lambda kv: "RedrivePolicy" in kv[1].get("Properties", {})
+        )
         for logical, res in ordered:
             props = res.get("Properties", {})
             name = self._local_name(logical)
             attrs: dict[str, str] = {}
             if "VisibilityTimeout" in props:
-                attrs["VisibilityTimeout"] = str(min(int(props["VisibilityTimeout"]),
-                                                     MAX_LOCAL_VISIBILITY_S))
+                attrs["VisibilityTimeout"] = str(
+                    min(int(props["VisibilityTimeout"]), MAX_LOCAL_VISIBILITY_S)
+                )
             if "MessageRetentionPeriod" in props:
                 attrs["MessageRetentionPeriod"] = str(props["MessageRetentionPeriod"])
             redrive = props.get("RedrivePolicy")
             if redrive:
-                attrs["RedrivePolicy"] = json.dumps({
-                    "deadLetterTargetArn": self._resolve(redrive["deadLetterTargetArn"]),
-                    "maxReceiveCount": int(redrive.get("maxReceiveCount", 5)),
-                })
+                attrs["RedrivePolicy"] = json.dumps(
+                    {
+                        "deadLetterTargetArn": self._resolve(redrive["deadLetterTargetArn"]),
+                        "maxReceiveCount": int(redrive.get("maxReceiveCount", 5)),
+                    }
+                )
             url = sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
             self._record(logical, name, f"arn:aws:sqs:{self.cfg.region}:{ACCOUNT}:{name}", url)
         training_queue = f"{self.cfg.stack_name}-{LOCAL_TRAINING_QUEUE}"
-        url = sqs.create_queue(QueueName=training_queue,
-                               Attributes={"VisibilityTimeout": "43200"})["QueueUrl"]
-        self._record("LocalTrainingQueue", training_queue,
-                     f"arn:aws:sqs:{self.cfg.region}:{ACCOUNT}:{training_queue}", url)
+        url = sqs.create_queue(QueueName=training_queue, Attributes={"VisibilityTimeout": "43200"})[
+            "QueueUrl"
+        ]
+        self._record(
+            "LocalTrainingQueue",
+            training_queue,
+            f"arn:aws:sqs:{self.cfg.region}:{ACCOUNT}:{training_queue}",
+            url,
+        )
 
         for logical, res in resources_of_type(template, "AWS::DynamoDB::Table").items():
             props = res.get("Properties", {})
@@ -196,7 +213,9 @@ class LocalStack:
             if props.get("GlobalSecondaryIndexes"):
                 kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
             ddb.create_table(**kwargs)
-            self._record(logical, name, f"arn:aws:dynamodb:{self.cfg.region}:{ACCOUNT}:table/{name}")
+            self._record(
+                logical, name, f"arn:aws:dynamodb:{self.cfg.region}:{ACCOUNT}:table/{name}"
+            )
 
         buckets = resources_of_type(template, "AWS::S3::Bucket")
         for logical, res in buckets.items():
@@ -204,19 +223,25 @@ class LocalStack:
             name = self._local_name(logical)
             s3.create_bucket(Bucket=name)
             if (props.get("VersioningConfiguration") or {}).get("Status") == "Enabled":
-                s3.put_bucket_versioning(Bucket=name,
-                                         VersioningConfiguration={"Status": "Enabled"})
+                s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
             if props.get("BucketEncryption"):
-                s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={
-                    "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
-                })
+                s3.put_bucket_encryption(
+                    Bucket=name,
+                    ServerSideEncryptionConfiguration={
+                        "Rules": [
+                            {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+                        ]
+                    },
+                )
             self._record(logical, name, f"arn:aws:s3:::{name}")
         for logical, res in buckets.items():
             notif = res.get("Properties", {}).get("NotificationConfiguration") or {}
             configs = []
             for qc in notif.get("QueueConfigurations", []):
-                entry: dict[str, Any] = {"QueueArn": self._resolve(qc["Queue"]),
-                                         "Events": [qc["Event"]]}
+                entry: dict[str, Any] = {
+                    "QueueArn": self._resolve(qc["Queue"]),
+                    "Events": [qc["Event"]],
+                }
                 rules = ((qc.get("Filter") or {}).get("S3Key") or {}).get("Rules")
                 if rules:
                     entry["Filter"] = {"Key": {"FilterRules": rules}}
@@ -241,10 +266,14 @@ class LocalStack:
             warnings.simplefilter("ignore")
             self.client("cloudformation").create_stack(
                 StackName=self.cfg.stack_name,
-                TemplateBody=json.dumps({
-                    "Resources": {"LocalStack": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
-                    "Outputs": {k: {"Value": v} for k, v in self.outputs.items()},
-                }),
+                TemplateBody=json.dumps(
+                    {
+                        "Resources": {
+                            "LocalStack": {"Type": "AWS::CloudFormation::WaitConditionHandle"}
+                        },
+                        "Outputs": {k: {"Value": v} for k, v in self.outputs.items()},
+                    }
+                ),
             )
 
     def _record(self, logical: str, name: str, arn: str, url: str | None = None) -> None:
@@ -291,8 +320,13 @@ class LocalStack:
             "POWERTOOLS_METRICS_NAMESPACE": "maas",
         }
         if self.cfg.quiet_functions:
-            env.update({"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "WARNING",
-                        "LOG_LEVEL": "WARNING"})
+            env.update(
+                {
+                    "POWERTOOLS_METRICS_DISABLED": "true",
+                    "POWERTOOLS_LOG_LEVEL": "WARNING",
+                    "LOG_LEVEL": "WARNING",
+                }
+            )
         os.environ.update(env)
         from maas.config import settings
 
@@ -306,8 +340,13 @@ class LocalStack:
         arn = self.arns["IngestQueue"]
         while not self._stop.is_set():
             try:
-                resp = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                                           AttributeNames=["All"], MessageAttributeNames=["All"])
+                resp = sqs.receive_message(
+                    QueueUrl=url,
+                    MaxNumberOfMessages=10,
+                    WaitTimeSeconds=1,
+                    AttributeNames=["All"],
+                    MessageAttributeNames=["All"],
+                )
             except Exception:  # the server is stopping
                 if self._stop.is_set():
                     return
@@ -326,8 +365,10 @@ class LocalStack:
                 failed = {m["MessageId"] for m in messages}
             for m in messages:
                 if m["MessageId"] in failed:
-                    log.warning("ingest message %s failed; SQS will retry it, then dead-letter it",
-                                m["MessageId"])
+                    log.warning(
+                        "ingest message %s failed; SQS will retry it, then dead-letter it",
+                        m["MessageId"],
+                    )
                     continue
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
 
@@ -344,7 +385,8 @@ def sqs_record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str
             "SentTimestamp": attrs.get("SentTimestamp", str(int(time.time() * 1000))),
             "SenderId": attrs.get("SenderId", ACCOUNT),
             "ApproximateFirstReceiveTimestamp": attrs.get(
-                "ApproximateFirstReceiveTimestamp", str(int(time.time() * 1000))),
+                "ApproximateFirstReceiveTimestamp", str(int(time.time() * 1000))
+            ),
         },
         "messageAttributes": message.get("MessageAttributes", {}),
         "md5OfBody": message.get("MD5OfBody", ""),

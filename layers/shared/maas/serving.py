@@ -78,7 +78,8 @@ class LoadedModel:
                     f"model's {meta.datatype}"
                 )
             if len(tensor.shape) != len(meta.shape) or any(
-                want != -1 and want != got for want, got in zip(meta.shape, tensor.shape, strict=True)
+                want not in (-1, got)
+                for want, got in zip(meta.shape, tensor.shape, strict=True)
             ):
                 raise ProtocolError(
                     f"input {meta.name!r}: shape {tensor.shape} does not match the model's "
@@ -183,7 +184,9 @@ class ModelStore:
         try:
             manifest = json.loads(self.storage.get_bytes(bucket, prefix + MANIFEST_FILE))
         except ObjectMissing:
-            raise ModelUnavailable(f"version {version} of model {model!r} has no manifest") from None
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} has no manifest"
+            ) from None
         local = self.cache_dir / model / str(version) / MODEL_FILE
         if not local.exists():
             tmp = local.with_suffix(".part")

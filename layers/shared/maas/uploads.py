@@ -69,7 +69,7 @@ def classify(bucket: str, key: str) -> Upload | Ignored:
                 key, f"unsupported data format {filename!r}: use .csv, .parquet or .jsonl", model
             )
         stem = filename.rsplit(".", 1)[0]
-        run = "".join(c if c.isalnum() and c.isascii() or c in "._-" else "-" for c in stem)
+        run = "".join(c if (c.isalnum() and c.isascii()) or c in "._-" else "-" for c in stem)
         run = run.strip("-._")[:128] or "data"
         return Upload("file", bucket, key, model, run, key)
     if len(parts) == 4:

@@ -1,0 +1,475 @@
+"""The optimizer's recipe search (maas.quantize) on a small MLP trained on sklearn digits.
+
+The graph is built here with onnx.helper the way training exports it: standardisation inside
+the graph, Gemm/MatMul layers, Softmax -> "probabilities", ArgMax + Gather over a string
+initializer -> "label".
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from maas import quantize as q
+from maas.quantize import Candidate, optimize_model
+from onnx import TensorProto, helper, numpy_helper
+
+CLASSES = [f"digit-{i}" for i in range(10)]
+REPEATS = 20  # timing rounds in tests: enough to exercise the code, quick
+
+
+@pytest.fixture(scope="module")
+def mlp() -> dict:
+    sklearn = pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+    from threadpoolctl import threadpool_limits
+
+    assert sklearn
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    mean = x_tr.mean(0)
+    std = x_tr.std(0)
+    # Constant-in-training pixels get std 1, as training does: dividing by a tiny epsilon turns
+    # a test-time non-zero into a 1e6 activation, which wrecks int8 activation scales.
+    std = np.where(std < 1e-3, 1.0, std)
+    clf = MLPClassifier(hidden_layer_sizes=(128, 128), max_iter=40, random_state=0)
+    # One BLAS thread: on a few cores an oversubscribed BLAS makes this fit 10x slower.
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: 40 epochs is plenty here
+        clf.fit((x_tr - mean) / std, y_tr)
+    return {
+        "W": [w.astype(np.float32) for w in clf.coefs_],
+        "B": [b.astype(np.float32) for b in clf.intercepts_],
+        "mean": mean.astype(np.float32),
+        "std": std.astype(np.float32),
+        "sample": {"input__input": x_te, "target": y_te.astype(np.int64)},
+        "calibration": {"input__input": x_tr[:256]},
+    }
+
+
+def build_graph(mlp: dict, *, use_gemm: bool = True, embedding: bool = False) -> onnx.ModelProto:
+    """64 -> 128 -> 128 -> 10 classifier (or the 128-d hidden layer as "embedding")."""
+    inits = [
+        numpy_helper.from_array(mlp["mean"], "mean"),
+        numpy_helper.from_array(mlp["std"], "std"),
+    ]
+    nodes = [
+        helper.make_node("Sub", ["input", "mean"], ["centred"]),
+        helper.make_node("Div", ["centred", "std"], ["h0"]),
+    ]
+    layers = list(zip(mlp["W"], mlp["B"], strict=True))
+    if embedding:
+        layers = layers[:-1]
+    for i, (w, b) in enumerate(layers):
+        last = i == len(layers) - 1
+        z = "embedding" if (embedding and last) else f"z{i}"
+        if use_gemm:
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), f"W{i}"))
+            inits.append(numpy_helper.from_array(b, f"B{i}"))
+            nodes.append(helper.make_node("Gemm", [f"h{i}", f"W{i}", f"B{i}"], [z], transB=1))
+        else:
+            inits.append(numpy_helper.from_array(w, f"W{i}"))
+            inits.append(numpy_helper.from_array(b, f"B{i}"))
+            nodes.append(helper.make_node("MatMul", [f"h{i}", f"W{i}"], [f"m{i}"]))
+            nodes.append(helper.make_node("Add", [f"m{i}", f"B{i}"], [z]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [z], [f"h{i + 1}"]))
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])]
+    if embedding:
+        outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 128])]
+    else:
+        inits.append(numpy_helper.from_array(np.array(CLASSES, dtype=object), "classes"))
+        nodes += [
+            helper.make_node("Softmax", [f"z{len(layers) - 1}"], ["probabilities"], axis=-1),
+            helper.make_node("ArgMax", ["probabilities"], ["label_index"], axis=1, keepdims=0),
+            helper.make_node("Gather", ["classes", "label_index"], ["label"], axis=0),
+        ]
+        outputs = [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10]),
+            helper.make_tensor_value_info("label", TensorProto.STRING, ["batch"]),
+        ]
+    graph = helper.make_graph(nodes, "mlp", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_model(mlp: dict, path: Path, **kw) -> Path:
+    onnx.save(build_graph(mlp, **kw), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def selection(mlp, tmp_path_factory):
+    work = tmp_path_factory.mktemp("opt")
+    fp32 = write_model(mlp, work / "model.onnx")
+    return optimize_model(
+        fp32, mlp["sample"], mlp["calibration"], work / "candidates", timing_repeats=REPEATS
+    )
+
+
+def by_recipe(sel) -> dict[str, Candidate]:
+    return {c.recipe: c for c in sel.candidates}
+
+
+# --------------------------------------------------------------------------- full run
+
+
+def test_every_candidate_is_built_scored_and_timed(selection):
+    cands = by_recipe(selection)
+    assert list(cands) == [
+        q.FP32,
+        q.DYNAMIC_PER_TENSOR,
+        q.DYNAMIC_PER_CHANNEL,
+        q.STATIC_QDQ_PER_CHANNEL,
+    ]
+    assert selection.fp32 is cands[q.FP32]
+    assert selection.preprocess.startswith("quant_pre_process")
+    fp32 = selection.fp32
+    assert fp32.quality["accuracy"] > 0.9
+    assert fp32.quality["agreement"] == 1.0
+    for c in selection.candidates:
+        assert c.error is None, c.error
+        assert c.path.exists()
+        assert c.size_bytes == c.path.stat().st_size
+        assert set(c.quality) == {"accuracy", "agreement"}
+        lat = c.latency_ms
+        assert 0 < lat["batch1_p50"] <= lat["batch1_p90"]
+        assert 0 < lat["batchN_p50"] <= lat["batchN_p90"]
+        assert c.reason
+    for c in selection.candidates[1:]:
+        # ~26k weights: int8 must be well under half of fp32.
+        assert c.size_bytes < 0.5 * fp32.size_bytes, (c.recipe, c.size_bytes, fp32.size_bytes)
+        # int8 on this MLP keeps essentially every prediction.
+        assert c.quality["agreement"] >= 0.97
+    assert selection.timing["rounds"] == REPEATS
+    assert selection.timing["batch_n"] == 32
+
+
+def test_choice_passes_gate_and_follows_the_rule(selection):
+    chosen = selection.chosen
+    assert chosen in selection.candidates
+    assert chosen.passed_gate and chosen.error is None
+    assert selection.reason.startswith(chosen.recipe if chosen.recipe != q.FP32 else "fp32 kept")
+    if chosen.recipe != q.FP32:
+        s1, sn = q._speedups(selection.fp32, chosen)
+        assert max(s1, sn) >= 1.05 and min(s1, sn) >= 1 / 1.05
+        assert "faster at batch 1" in selection.reason
+    else:
+        # Every quantized candidate is named with why it lost.
+        for c in selection.candidates[1:]:
+            assert c.recipe in selection.reason
+
+
+def test_manifest_is_json(selection):
+    manifest = selection.to_manifest()
+    text = json.dumps(manifest, allow_nan=False)
+    back = json.loads(text)
+    assert back["recipe"] == selection.chosen.recipe
+    assert back["reason"] == selection.reason
+    assert [c["recipe"] for c in back["candidates"]] == [c.recipe for c in selection.candidates]
+    for c in back["candidates"]:
+        assert {"size_bytes", "quality", "latency_ms", "passed_gate", "reason", "error"} <= set(c)
+    assert back["gate"] == {"max_accuracy_drop": 0.01}
+    assert back["timing"]["interleaved"] is True
+
+
+def test_quantized_graphs_keep_interface_and_string_labels(selection, mlp):
+    x = mlp["sample"]["input__input"]
+    fp32 = ort.InferenceSession(str(selection.fp32.path))
+    names = ([i.name for i in fp32.get_inputs()], [o.name for o in fp32.get_outputs()])
+    for c in selection.candidates:
+        sess = ort.InferenceSession(str(c.path))
+        assert ([i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]) == names
+        assert sess.get_outputs()[1].type == "tensor(string)"
+        probs, labels = sess.run(None, {"input": x})
+        assert labels.dtype == object and labels.shape == (len(x),)
+        assert list(labels) == [CLASSES[i] for i in probs.argmax(1)]
+
+
+def test_quantized_graphs_are_really_quantized(selection):
+    ops = {
+        c.recipe: Counter(n.op_type for n in onnx.load(str(c.path)).graph.node)
+        for c in selection.candidates
+    }
+    assert "MatMulInteger" in ops[q.DYNAMIC_PER_TENSOR]
+    assert "MatMulInteger" in ops[q.DYNAMIC_PER_CHANNEL]
+    assert ops[q.STATIC_QDQ_PER_CHANNEL]["DequantizeLinear"] >= 3
+    for recipe, counter in ops.items():
+        # The label head is untouched: still one ArgMax and one Gather over strings.
+        assert counter["ArgMax"] == 1 and counter["Gather"] == 1, recipe
+    static = onnx.load(str(by_recipe(selection)[q.STATIC_QDQ_PER_CHANNEL].path))
+    classes = [i for i in static.graph.initializer if i.name == "classes"]
+    assert classes and classes[0].data_type == TensorProto.STRING
+
+
+# --------------------------------------------------------------------------- fp32 kept
+
+
+def test_impossible_gate_keeps_fp32(mlp, tmp_path):
+    fp32 = write_model(mlp, tmp_path / "model.onnx")
+    sel = optimize_model(
+        fp32, mlp["sample"], None, tmp_path / "w", max_accuracy_drop=-1, timing_repeats=REPEATS
+    )
+    assert sel.chosen is sel.fp32
+    assert sel.reason.startswith("fp32 kept")
+    assert "failed gate" in sel.reason
+    for c in sel.candidates[1:]:
+        assert c.error is None
+        assert not c.passed_gate
+        assert "> -1.000" in c.reason
+
+
+def test_unreachable_speedup_keeps_fp32(mlp, tmp_path):
+    fp32 = write_model(mlp, tmp_path / "model.onnx")
+    sel = optimize_model(
+        fp32, mlp["sample"], None, tmp_path / "w", min_speedup=1e6, timing_repeats=REPEATS
+    )
+    assert sel.chosen is sel.fp32
+    assert "not faster enough" in sel.reason and ">= 1000000.00x faster" in sel.reason
+    assert all(c.passed_gate for c in sel.candidates)
+
+
+def test_no_calibration_skips_static(mlp, tmp_path):
+    fp32 = write_model(mlp, tmp_path / "model.onnx", use_gemm=False)  # MatMul + Add export
+    sel = optimize_model(fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS)
+    assert [c.recipe for c in sel.candidates] == [
+        q.FP32,
+        q.DYNAMIC_PER_TENSOR,
+        q.DYNAMIC_PER_CHANNEL,
+    ]
+    assert any(q.STATIC_QDQ_PER_CHANNEL in n for n in sel.notes)
+    assert all(c.error is None for c in sel.candidates)
+    assert sel.chosen.passed_gate
+
+
+def test_gate_rejects_int8_wrecked_by_an_activation_outlier(mlp, tmp_path):
+    """A pixel constant in training, standardised with a tiny epsilon, is 1e6 at test time.
+
+    Dynamic int8 computes one activation scale over the whole batch, so one such row zeroes
+    every other row's inputs; the gate must catch it and keep a candidate that still works.
+    """
+    constant = np.flatnonzero(mlp["std"] == 1.0)
+    assert constant.size
+    broken = {**mlp, "std": np.where(mlp["std"] == 1.0, 1e-6, mlp["std"]).astype(np.float32)}
+    x = mlp["sample"]["input__input"].copy()
+    x[::32, constant[0]] = mlp["mean"][constant[0]] + 1.0  # one outlier row per 32-row batch
+    sample = {"input__input": x, "target": mlp["sample"]["target"]}
+    fp32 = write_model(broken, tmp_path / "model.onnx")
+    sel = optimize_model(fp32, sample, None, tmp_path / "w", timing_repeats=REPEATS)
+    assert sel.fp32.quality["accuracy"] > 0.8
+    for recipe in (q.DYNAMIC_PER_TENSOR, q.DYNAMIC_PER_CHANNEL):
+        cand = by_recipe(sel)[recipe]
+        assert cand.error is None and not cand.passed_gate, cand.quality
+        assert cand.quality["accuracy"] < 0.5
+    assert sel.chosen is sel.fp32 and "failed gate" in sel.reason
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_candidate_that_fails_to_build_is_recorded_not_chosen(mlp, tmp_path, monkeypatch):
+    real = q._build_dynamic
+
+    def flaky(src, dst, *, per_channel, op_types):
+        if not per_channel:
+            raise RuntimeError("boom")
+        return real(src, dst, per_channel=per_channel, op_types=op_types)
+
+    monkeypatch.setattr(q, "_build_dynamic", flaky)
+    fp32 = write_model(mlp, tmp_path / "model.onnx")
+    sel = optimize_model(fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS)
+    bad = by_recipe(sel)[q.DYNAMIC_PER_TENSOR]
+    assert bad.error and "boom" in bad.error and bad.error.startswith("build")
+    assert not bad.passed_gate and bad.latency_ms == {}
+    assert sel.chosen is not bad
+    assert by_recipe(sel)[q.DYNAMIC_PER_CHANNEL].error is None
+    json.dumps(sel.to_manifest(), allow_nan=False)
+
+
+def test_candidate_that_changes_the_interface_is_rejected(mlp, tmp_path, monkeypatch):
+    def renaming(src, dst, *, per_channel, op_types):
+        m = onnx.load(str(src))
+        m.graph.output[1].name = "renamed"
+        for n in m.graph.node:
+            n.output[:] = ["renamed" if o == "label" else o for o in n.output]
+        onnx.save(m, str(dst))
+
+    monkeypatch.setattr(q, "_build_dynamic", renaming)
+    fp32 = write_model(mlp, tmp_path / "model.onnx")
+    sel = optimize_model(fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS)
+    for c in sel.candidates[1:]:
+        assert c.error and "interface changed" in c.error
+    assert sel.chosen is sel.fp32
+
+
+def test_preprocess_retries_without_symbolic_shapes(mlp, tmp_path, monkeypatch):
+    from onnxruntime.quantization import shape_inference
+
+    real = shape_inference.quant_pre_process
+    calls: list[bool] = []
+
+    def picky(src, dst, *, skip_symbolic_shape=False, **kw):
+        calls.append(skip_symbolic_shape)
+        if not skip_symbolic_shape:
+            raise RuntimeError("symbolic shape inference failed")
+        return real(src, dst, skip_symbolic_shape=True, **kw)
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", picky)
+    fp32 = write_model(mlp, tmp_path / "model.onnx")
+    sel = optimize_model(fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS)
+    assert calls == [False, True]
+    assert sel.preprocess == "quant_pre_process (skip_symbolic_shape)"
+    assert all(c.error is None for c in sel.candidates)
+
+
+def test_preprocess_failure_quantizes_raw_graph(mlp, tmp_path, monkeypatch):
+    from onnxruntime.quantization import shape_inference
+
+    def broken(*a, **kw):
+        raise RuntimeError("nope")
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", broken)
+    fp32 = write_model(mlp, tmp_path / "model.onnx")
+    sel = optimize_model(
+        fp32, mlp["sample"], mlp["calibration"], tmp_path / "w", timing_repeats=REPEATS
+    )
+    assert sel.preprocess.startswith("none: quant_pre_process failed")
+    assert "nope" in sel.preprocess and sel.preprocess in sel.notes
+    assert len(sel.candidates) == 4
+    assert all(c.error is None for c in sel.candidates), [c.error for c in sel.candidates]
+
+
+def test_bad_inputs_raise(mlp, tmp_path):
+    fp32 = write_model(mlp, tmp_path / "model.onnx")
+    with pytest.raises(ValueError, match="input__input"):
+        optimize_model(fp32, {"target": mlp["sample"]["target"]}, None, tmp_path / "w")
+    with pytest.raises(ValueError, match="unknown task"):
+        optimize_model(fp32, mlp["sample"], None, tmp_path / "w", task="regression")
+    # Calibration data that does not fit the graph only costs the static candidate.
+    sel = optimize_model(
+        fp32, mlp["sample"], {"input__other": np.ones((4, 64))}, tmp_path / "w", timing_repeats=5
+    )
+    assert q.STATIC_QDQ_PER_CHANNEL not in by_recipe(sel)
+    assert any("calibration data unusable" in n for n in sel.notes)
+
+
+def test_sample_without_targets_gates_on_agreement(mlp, tmp_path):
+    fp32 = write_model(mlp, tmp_path / "model.onnx")
+    sample = {"input__input": mlp["sample"]["input__input"].astype(np.float64)}  # cast too
+    sel = optimize_model(fp32, sample, None, tmp_path / "w", timing_repeats=REPEATS)
+    assert set(sel.fp32.quality) == {"agreement"}
+    assert any("no target" in n for n in sel.notes)
+    for c in sel.candidates[1:]:
+        assert "disagreement with fp32" in c.reason
+
+
+# --------------------------------------------------------------------------- embedding
+
+
+def test_embedding_task_gates_on_cosine(mlp, tmp_path):
+    fp32 = write_model(mlp, tmp_path / "model.onnx", embedding=True)
+    sample = {"input__input": mlp["sample"]["input__input"]}
+    sel = optimize_model(
+        fp32,
+        sample,
+        mlp["calibration"],
+        tmp_path / "w",
+        task="embedding",
+        timing_repeats=REPEATS,
+    )
+    assert len(sel.candidates) == 4
+    assert sel.fp32.quality["cosine_mean"] == pytest.approx(1.0)
+    for c in sel.candidates[1:]:
+        assert c.error is None, c.error
+        assert set(c.quality) == {"cosine_mean", "cosine_min"}
+        assert c.quality["cosine_min"] <= c.quality["cosine_mean"] <= 1.0 + 1e-9
+        assert "cosine mean" in c.reason
+    assert by_recipe(sel)[q.DYNAMIC_PER_CHANNEL].quality["cosine_mean"] > 0.99
+    assert sel.to_manifest()["gate"]["min_cosine"] == 0.99
+
+    strict = optimize_model(
+        fp32,
+        sample,
+        None,
+        tmp_path / "w2",
+        task="embedding",
+        min_cosine=1.01,
+        timing_repeats=REPEATS,
+    )
+    assert strict.chosen is strict.fp32 and "failed gate" in strict.reason
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+def _cand(recipe, b1, bn, *, passed=True, error=None, size=100):
+    return Candidate(
+        recipe=recipe,
+        path=Path(f"{recipe}.onnx"),
+        size_bytes=size,
+        quality={"accuracy": 0.9},
+        latency_ms={"batch1_p50": b1, "batchN_p50": bn},
+        passed_gate=passed,
+        reason="accuracy drop 0.000 <= 0.010",
+        error=error,
+    )
+
+
+def test_choose_rule():
+    fp32 = _cand("fp32", 1.0, 10.0, size=400)
+
+    def choose(*cands):
+        return q._choose(fp32, [fp32, *cands], 32, 1.05)
+
+    # Clear batch-1 win.
+    chosen, reason = choose(_cand("a", 0.5, 10.0))
+    assert chosen.recipe == "a" and reason.startswith("a: 2.00x faster at batch 1")
+    # Within noise at both sizes: fp32.
+    chosen, reason = choose(_cand("a", 0.97, 9.7))
+    assert chosen is fp32 and "not faster enough" in reason
+    # Wins at batch N, on par at batch 1: eligible.
+    assert choose(_cand("a", 1.02, 5.0))[0].recipe == "a"
+    # Wins at batch 1 but clearly loses at batch N: not eligible.
+    assert choose(_cand("a", 0.5, 12.0))[0] is fp32
+    # Fastest at batch 1 among eligible wins; failed gate and errors never chosen.
+    chosen, _ = choose(
+        _cand("slow", 0.8, 8.0),
+        _cand("fast", 0.6, 9.0),
+        _cand("faster-but-bad", 0.3, 3.0, passed=False),
+        _cand("broken", 0.1, 1.0, passed=False, error="build: boom"),
+    )
+    assert chosen.recipe == "fast"
+    # Tie at batch 1 goes to batch N, then to size.
+    assert choose(_cand("x", 0.6, 9.0), _cand("y", 0.6, 8.0))[0].recipe == "y"
+    assert choose(_cand("x", 0.6, 8.0, size=90), _cand("y", 0.6, 8.0, size=80))[0].recipe == "y"
+    # Nothing built.
+    chosen, reason = choose()
+    assert chosen is fp32 and "no quantized candidate was built" in reason
+
+
+# --------------------------------------------------------------------------- misc
+
+
+def test_load_npz_roundtrip(tmp_path):
+    p = tmp_path / "s.npz"
+    np.savez(p, input__input=np.ones((3, 2), np.float32), target=np.arange(3))
+    d = q.load_npz(p)
+    assert set(d) == {"input__input", "target"} and d["target"].tolist() == [0, 1, 2]
+
+
+def test_quantize_does_not_import_torch():
+    code = "import maas.quantize, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
