@@ -1,0 +1,390 @@
+"""The training job (training/train.py) under the SageMaker contract, relocated by MAAS_OPT_ML.
+
+The slow tests train real models in a subprocess, exactly as the local runner does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from maas import artifacts
+from maas_training.config import decode_value, parse_hyperparameters
+from maas_training.data import encode_labels, load_dataset, split_indices
+from maas_training.errors import TrainingError
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_PY = REPO / "training" / "train.py"
+
+
+def _env(base: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "MAAS_"))}
+    env.pop("WORLD_SIZE", None)
+    env.pop("LOCAL_RANK", None)
+    env["MAAS_OPT_ML"] = str(base)
+    env.update(extra)
+    return env
+
+
+def _setup(base: Path, frames: dict[str, pd.DataFrame], hp: dict[str, object]) -> None:
+    channel = base / "input" / "data" / "train"
+    channel.mkdir(parents=True)
+    for name, df in frames.items():
+        path = channel / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith(".csv"):
+            df.to_csv(path, index=False)
+        elif name.endswith(".parquet"):
+            df.to_parquet(path, index=False)
+        else:
+            df.to_json(path, orient="records", lines=True)
+    (channel / "job.json").write_text('{"label": "ignored by the training job"}')
+    config = base / "input" / "config"
+    config.mkdir(parents=True)
+    # SageMaker passes every hyperparameter as a JSON-encoded string.
+    (config / "hyperparameters.json").write_text(
+        json.dumps({k: json.dumps(v) for k, v in hp.items()})
+    )
+
+
+Started = tuple[subprocess.Popen, Path]
+
+
+def _start(base: Path, *, block_maas: bool = False, **env: str) -> Started:
+    if block_maas:  # the container ships training/ only: the job must not need the maas package
+        script = repr(str(TRAIN_PY))
+        code = (
+            "import sys, runpy; sys.modules['maas'] = None; "
+            f"sys.argv = [{script}]; runpy.run_path({script}, run_name='__main__')"
+        )
+        cmd = [sys.executable, "-c", code]
+    else:
+        cmd = [sys.executable, str(TRAIN_PY)]
+    # Files, not pipes: two jobs run at once and neither may block on a full pipe.
+    with (base / "job.stdout").open("w") as out, (base / "job.stderr").open("w") as err:
+        proc = subprocess.Popen(cmd, env=_env(base, **env), stdout=out, stderr=err, cwd=base)
+    return proc, base
+
+
+def _wait(started: Started) -> subprocess.CompletedProcess:
+    proc, base = started
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return subprocess.CompletedProcess(
+        proc.args,
+        proc.returncode,
+        (base / "job.stdout").read_text(),
+        (base / "job.stderr").read_text(),
+    )
+
+
+def _run(base: Path, *, block_maas: bool = False, **env: str) -> subprocess.CompletedProcess:
+    return _wait(_start(base, block_maas=block_maas, **env))
+
+
+def _digits_frame() -> pd.DataFrame:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits(as_frame=True)
+    return digits.frame.rename(columns={"target": "digit"})
+
+
+def _blobs(n: int = 240, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    names = np.array(["setosa", "versicolor", "virginica"])
+    y = rng.integers(0, 3, size=n)
+    centers = np.array([[0.0, 0.0, 0.0], [3.0, 3.0, 0.0], [0.0, 3.0, 3.0]])
+    x = centers[y] + rng.normal(scale=0.6, size=(n, 3))
+    df = pd.DataFrame(x * [1.0, 100.0, 0.01] + [0.0, 500.0, -2.0], columns=["f1", "f2", "f3"])
+    df["species"] = names[y]
+    return df
+
+
+# --- end to end (subprocess) --------------------------------------------------------------
+
+
+Job = tuple[Path, subprocess.CompletedProcess]
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Job]:
+    """The two training runs, started together (each trains on one thread)."""
+    digits = tmp_path_factory.mktemp("digits")
+    _setup(digits, {"digits.csv": _digits_frame()}, {"label": "digit", "unknown_knob": 3})
+    blobs = tmp_path_factory.mktemp("blobs")
+    df = _blobs()
+    _setup(
+        blobs,
+        {"a.parquet": df.iloc[:120], "more/b.jsonl": df.iloc[120:]},
+        {"label": "species", "epochs": 25, "seed": 3},
+    )
+    # The TorchScript exporter for this one (digits covers the default, dynamo): both must give
+    # the same contract, and this one is ~8 s faster.
+    started = {
+        "digits": _start(digits),
+        "blobs": _start(blobs, MAAS_ONNX_EXPORTER="torchscript"),
+    }
+    return {name: (job[1], _wait(job)) for name, job in started.items()}
+
+
+@pytest.fixture(scope="module")
+def digits_job(jobs: dict[str, Job]) -> Job:
+    return jobs["digits"]
+
+
+@pytest.mark.slow
+def test_digits_trains_to_contract(digits_job: Job) -> None:
+    base, proc = digits_job
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model_dir = base / "model"
+    expected = {
+        artifacts.MODEL_FILE,
+        artifacts.SAMPLE_FILE,
+        artifacts.CALIBRATION_FILE,
+        artifacts.METRICS_FILE,
+        artifacts.LABELS_FILE,
+        artifacts.SCHEMA_FILE,
+    }
+    assert {p.name for p in model_dir.iterdir()} == expected
+    assert not (base / "output" / "failure").exists()
+    assert (base / "checkpoints" / "checkpoint.pt").exists()
+
+    metrics = json.loads((model_dir / artifacts.METRICS_FILE).read_text())
+    assert metrics["test_accuracy"] >= 0.95
+    assert metrics["n_features"] == 64 and metrics["n_classes"] == 10
+    assert metrics["exporter"] == "dynamo" and metrics["onnx_max_abs_diff"] < 1e-4
+    assert metrics["n_train"] + metrics["n_validation"] + metrics["n_test"] == 1797
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 200
+    for key in ("task", "val_loss", "device", "bf16", "train_seconds"):
+        assert key in metrics
+    assert "ignoring unknown hyperparameters: unknown_knob" in proc.stdout
+    assert "epoch=1 train_loss=" in proc.stdout and "val_accuracy=" in proc.stdout
+
+    labels = json.loads((model_dir / artifacts.LABELS_FILE).read_text())
+    assert labels == [str(i) for i in range(10)]
+    schema = json.loads((model_dir / artifacts.SCHEMA_FILE).read_text())
+    assert schema["label_column"] == "digit"
+    assert schema["features"] == [c for c in _digits_frame().columns if c != "digit"]
+    assert [i["name"] for i in schema["inputs"]] == ["input"]
+    assert [o["name"] for o in schema["outputs"]] == ["probabilities", "label"]
+
+    key = artifacts.INPUT_PREFIX + "input"
+    with np.load(model_dir / artifacts.SAMPLE_FILE, allow_pickle=False) as sample:
+        assert set(sample.files) == {key, artifacts.TARGET_KEY}
+        assert sample[key].dtype == np.float32 and sample[key].shape == (metrics["n_test"], 64)
+        assert sample[artifacts.TARGET_KEY].dtype == np.int64
+    with np.load(model_dir / artifacts.CALIBRATION_FILE, allow_pickle=False) as calib:
+        assert calib[key].shape == (min(512, metrics["n_train"]), 64)
+
+
+@pytest.mark.slow
+def test_digits_onnx_runs_in_onnxruntime(digits_job: Job) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    base, proc = digits_job
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model_dir = base / "model"
+    path = str(model_dir / artifacts.MODEL_FILE)
+    proto = onnx.load(path)
+    assert proto.ir_version <= 10
+    assert all(o.version <= 21 for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    for vi in [*proto.graph.input, *proto.graph.output]:
+        assert vi.type.tensor_type.shape.dim[0].dim_param, f"{vi.name}: batch dim not dynamic"
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    labels = json.loads((model_dir / artifacts.LABELS_FILE).read_text())
+    with np.load(model_dir / artifacts.SAMPLE_FILE) as sample:
+        x, target = sample["input__input"], sample["target"]
+    for n in (1, 7):
+        probs, names = sess.run(["probabilities", "label"], {"input": x[:n]})
+        assert probs.shape == (n, 10) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        assert list(names) == [labels[i] for i in probs.argmax(axis=1)]
+    probs = sess.run(["probabilities"], {"input": x})[0]
+    assert (probs.argmax(axis=1) == target).mean() >= 0.95
+
+
+@pytest.mark.slow
+def test_parquet_and_jsonl_with_string_labels(jobs: dict[str, Job]) -> None:
+    import onnxruntime as ort
+
+    df = _blobs()
+    tmp_path, proc = jobs["blobs"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model_dir = tmp_path / "model"
+    assert json.loads((model_dir / "labels.json").read_text()) == [
+        "setosa",
+        "versicolor",
+        "virginica",
+    ]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["n_train"] + metrics["n_validation"] + metrics["n_test"] == len(df)
+    assert metrics["epochs_run"] <= 25
+    assert metrics["test_accuracy"] >= 0.9
+    assert metrics["exporter"] == "torchscript"
+    sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    raw = df[["f1", "f2", "f3"]].to_numpy(np.float32)[:5]  # raw values: scaling is in the graph
+    _, names = sess.run(None, {"input": raw})
+    assert list(names) == list(df["species"][:5])
+
+
+def test_missing_label_column_fails_with_reason(tmp_path: Path) -> None:
+    _setup(tmp_path, {"data.csv": _blobs(40)}, {"label": "kind"})
+    proc = _run(tmp_path, block_maas=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    reason = (tmp_path / "output" / "failure").read_text()
+    assert "label column 'kind' not found" in reason
+    assert "f1, f2, f3, species" in reason
+    assert "Traceback" in proc.stderr  # the traceback goes to stderr, the reason to the file
+    assert not (tmp_path / "model" / "model.onnx").exists()
+
+
+def test_non_numeric_feature_fails_with_reason(tmp_path: Path) -> None:
+    df = _blobs(40)
+    df["colour"] = ["red", "blue"] * 20
+    _setup(tmp_path, {"data.csv": df}, {"label": "species"})
+    proc = _run(tmp_path)
+    assert proc.returncode == 1
+    reason = (tmp_path / "output" / "failure").read_text()
+    assert "non-numeric" in reason and "'colour'" in reason
+
+
+def test_sm_variables_win_over_base(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    _setup(base, {"data.csv": _blobs(5)}, {"label": "species"})
+    out = tmp_path / "elsewhere"
+    proc = _run(base, SM_OUTPUT_DIR=str(out))
+    assert proc.returncode == 1
+    assert "too few rows" in (out / "failure").read_text()
+    assert not (base / "output" / "failure").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MAAS_TEST_DDP"), reason="set MAAS_TEST_DDP=1 (~20 s)")
+def test_data_parallel_on_cpu_via_torchrun(tmp_path: Path) -> None:
+    """SM_NUM_GPUS=2 on a CPU host: relaunch under torchrun, 2 gloo ranks, rank 0 writes."""
+    _setup(tmp_path, {"data.csv": _blobs()}, {"label": "species", "epochs": 10})
+    proc = _run(tmp_path, SM_NUM_GPUS="2", SM_HOSTS='["algo-1"]', SM_CURRENT_HOST="algo-1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+
+
+# --- pieces (in process, fast) ------------------------------------------------------------
+
+
+def test_hyperparameters_decode_like_sagemaker() -> None:
+    assert decode_value('"species"') == "species"
+    assert decode_value("species") == "species"  # not JSON: the raw string
+    assert decode_value("200") == 200
+    hp = parse_hyperparameters(
+        {
+            "epochs": "10",
+            "label": '"species"',
+            "learning_rate": "0.01",
+            "dropout": "0",
+            "sagemaker_program": '"train.py"',
+            "mystery": "1",
+        }
+    )
+    assert (hp.epochs, hp.label, hp.learning_rate, hp.dropout) == (10, "species", 0.01, 0.0)
+    assert hp.ignored == ("mystery",)
+    assert parse_hyperparameters({}).batch_size == 64
+    with pytest.raises(TrainingError, match="epochs must be an integer"):
+        parse_hyperparameters({"epochs": "2.5"})
+    with pytest.raises(TrainingError, match="test_fraction"):
+        parse_hyperparameters({"test_fraction": "0.7"})
+    with pytest.raises(TrainingError, match="not supported"):
+        parse_hyperparameters({"task": '"embedding"'})
+
+
+def test_labels_sort_numerically_when_integral() -> None:
+    targets, names = encode_labels(pd.Series([10, 2, 1, 2], name="y"))
+    assert names == ["1", "2", "10"] and targets.tolist() == [2, 1, 0, 1]
+    _, names = encode_labels(pd.Series([1.0, 3.0, 1.0], name="y"))
+    assert names == ["1", "3"]
+    _, names = encode_labels(pd.Series([10.5, 2.5, 2.5], name="y"))
+    assert names == ["2.5", "10.5"]
+    _, names = encode_labels(pd.Series(["b", "a", "c"], name="y"))
+    assert names == ["a", "b", "c"]
+
+
+def test_stratified_split_is_proportional_disjoint_and_seeded() -> None:
+    y = np.repeat(np.arange(3), [100, 60, 40])
+    s = split_indices(y, 0.15, 0.15, seed=7)
+    assert s.stratified
+    all_idx = np.concatenate([s.train, s.validation, s.test])
+    assert sorted(all_idx.tolist()) == list(range(200))
+    assert len(s.test) == 30 and len(s.validation) == 30
+    assert np.bincount(y[s.test]).tolist() == [15, 9, 6]
+    again = split_indices(y, 0.15, 0.15, seed=7)
+    assert np.array_equal(s.test, again.test)
+    assert not np.array_equal(s.test, split_indices(y, 0.15, 0.15, seed=8).test)
+
+
+def test_split_falls_back_when_a_class_is_tiny() -> None:
+    y = np.array([0] * 30 + [1] * 2)
+    s = split_indices(y, 0.15, 0.15, seed=0)
+    assert not s.stratified
+    assert len(s.train) + len(s.validation) + len(s.test) == 32
+    assert min(len(s.validation), len(s.test)) >= 1
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (pd.DataFrame({"a": [1.0, np.nan] * 10, "label": [0, 1] * 10}), "NaN"),
+        (pd.DataFrame({"a": [1.0, np.inf] * 10, "label": [0, 1] * 10}), "infinite"),
+        (pd.DataFrame({"a": range(20), "label": [1] * 20}), "at least 2 classes"),
+        (pd.DataFrame({"a": range(20), "label": [0, None] * 10}), "empty label"),
+        (pd.DataFrame({"label": [0, 1] * 10}), "no feature columns"),
+    ],
+)
+def test_bad_data_is_explained(tmp_path: Path, frame: pd.DataFrame, message: str) -> None:
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "notes.txt").write_text("ignored")
+    with pytest.raises(TrainingError, match=message):
+        load_dataset(tmp_path, "label")
+
+
+def test_empty_channel_is_explained(tmp_path: Path) -> None:
+    (tmp_path / "job.json").write_text("{}")
+    with pytest.raises(TrainingError, match="no data files"):
+        load_dataset(tmp_path, "label")
+
+
+def test_export_falls_back_to_torchscript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the dynamo exporter breaks (old torch, missing onnxscript), the job still exports."""
+    torch = pytest.importorskip("torch")
+    from maas_training import export
+    from maas_training.model import TabularMLP
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ImportError("onnxscript is not installed")
+
+    monkeypatch.setattr(export, "_export_dynamo", broken)
+    torch.manual_seed(0)
+    model = TabularMLP(4, 3, hidden_units=8, hidden_layers=1)
+    model.scaler.fit(np.random.default_rng(0).normal(5.0, 3.0, size=(50, 4)))
+    x = np.random.default_rng(1).normal(5.0, 3.0, size=(9, 4)).astype(np.float32)
+    info = export.export_classifier(
+        model,
+        tmp_path / "model.onnx",
+        n_features=4,
+        class_names=["a", "b", "c"],
+        feature_names=["w", "x", "y", "z"],
+        x_check=x,
+        x_eval=x,
+        y_eval=np.zeros(9, dtype=np.int64),
+    )
+    assert info.exporter == "torchscript" and info.max_abs_diff < 1e-4

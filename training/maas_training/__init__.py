@@ -1,0 +1,11 @@
+"""The MaaS training job: SageMaker-contract entry point for tabular classification.
+
+Runs inside the training container (torch present) and never imports the `maas` Lambda
+package. `train.py` next to this package is what SageMaker script mode executes.
+"""
+
+from __future__ import annotations
+
+__all__ = ["TrainingError"]
+
+from maas_training.errors import TrainingError

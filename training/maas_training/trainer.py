@@ -1,0 +1,324 @@
+"""Training loop: AdamW + cross-entropy, early stopping on validation loss, checkpoints, DDP."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maas_training import log
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+# --- distributed context ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistContext:
+    enabled: bool = False
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistContext:
+    """Under torchrun (WORLD_SIZE > 1): join the process group; otherwise a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext()
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend=backend)
+    ctx = DistContext(True, dist.get_rank(), dist.get_world_size(), local_rank)
+    log.info(f"distributed: rank {ctx.rank}/{ctx.world_size} (local {local_rank}, {backend})")
+    return ctx
+
+
+def shutdown_distributed(ctx: DistContext) -> None:
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def pick_device(ctx: DistContext) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def bf16_ok(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+
+class Checkpointer:
+    """One file, rewritten atomically each epoch; resumes only for the same data + settings."""
+
+    def __init__(self, directory: Path, fingerprint: str, enabled_write: bool) -> None:
+        self.path = directory / CHECKPOINT_FILE
+        self.fingerprint = fingerprint
+        self.enabled_write = enabled_write
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            log.warn(f"ignoring unreadable checkpoint {self.path}: {type(e).__name__}: {e}")
+            return None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            log.info(f"ignoring checkpoint {self.path}: unknown format")
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            log.info(f"ignoring checkpoint {self.path}: it is for other data or hyperparameters")
+            return None
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        if not self.enabled_write:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save({"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, **state}, tmp)
+        os.replace(tmp, self.path)
+
+
+# --- training -----------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    epochs_run: int
+    best_val_loss: float
+    best_val_accuracy: float
+    stopped_early: bool
+    resumed_from_epoch: int
+    seconds: float
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 8192):
+    """fp32 loss and accuracy (what the exported fp32 graph will do)."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(x), batch):
+        logits = model(x[start : start + batch]).float()
+        yb = y[start : start + batch]
+        total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == yb).sum())
+    model.train(was_training)
+    n = max(1, len(x))
+    return total_loss / n, correct / n
+
+
+def _state_to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _agree(ctx: DistContext, value: float, op: str) -> float:
+    """Make every rank take the same decision (min/max over ranks)."""
+    if not ctx.enabled:
+        return value
+    import torch.distributed as dist
+
+    device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else None
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    try:  # the fused kernel is several times faster for small models (CPU since torch 2.4)
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def set_cpu_threads(batch_size: int, width: int) -> int:
+    """Tiny matmuls run fastest on one thread (OpenMP sync costs more than it saves, and far
+    more on a busy host); give big batches more. OMP_NUM_THREADS, when set, wins."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    threads = max(1, min(cores, (batch_size * width) // 32768))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def train(
+    model: nn.Module,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    patience: int,
+    seed: int,
+    device: torch.device,
+    use_bf16: bool,
+    ctx: DistContext,
+    checkpointer: Checkpointer | None,
+) -> TrainResult:
+    t0 = time.perf_counter()
+    model.to(device)
+    xt = torch.from_numpy(x_train).to(device)
+    yt = torch.from_numpy(y_train).to(device)
+    xv = torch.from_numpy(x_val).to(device)
+    yv = torch.from_numpy(y_val).to(device)
+    optimizer = _adamw(model, learning_rate, weight_decay)
+
+    best_val_loss, best_val_acc, best_epoch, bad_epochs = math.inf, 0.0, 0, 0
+    best_state = _state_to_cpu(model.state_dict())
+    start_epoch, stopped = 1, False
+
+    # Resume (managed spot): every rank must agree, or nobody resumes.
+    state = checkpointer.load() if checkpointer else None
+    have = float(state["epoch"]) if state else -1.0
+    if ctx.enabled:
+        lo, hi = _agree(ctx, have, "min"), _agree(ctx, have, "max")
+        if lo != hi:
+            state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        best_state = state["best_model"]
+        best_val_loss = float(state["best_val_loss"])
+        best_val_acc = float(state["best_val_accuracy"])
+        best_epoch = int(state["best_epoch"])
+        bad_epochs = int(state["bad_epochs"])
+        stopped = bool(state["stopped"])
+        start_epoch = int(state["epoch"]) + 1
+        log.info(f"resuming from checkpoint at epoch {start_epoch - 1} (best epoch {best_epoch})")
+    resumed_from = start_epoch - 1
+
+    ddp_model: nn.Module = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[ctx.local_rank] if device.type == "cuda" else None
+        )
+    sampler = None
+    if ctx.enabled:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(
+            range(len(xt)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed
+        )
+
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if use_bf16
+        else contextlib.nullcontext
+    )
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, epochs + 1 if not stopped else start_epoch):
+        torch.manual_seed(seed * 100_003 + epoch)  # dropout/shuffle reproducible across resumes
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(iter(sampler)), dtype=torch.long, device=device)
+        else:
+            order = torch.randperm(len(xt), device="cpu").to(device)
+        ddp_model.train()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        seen = 0
+        for idx in order.split(batch_size):
+            xb, yb = xt[idx], yt[idx]
+            with autocast():
+                logits = ddp_model(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            seen += len(idx)
+        train_loss = float(loss_sum) / max(1, seen)
+        if ctx.enabled:
+            import torch.distributed as dist
+
+            t = torch.tensor([train_loss * seen, float(seen)], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            train_loss = float(t[0] / t[1])
+
+        val_loss, val_acc = evaluate(model, xv, yv)
+        if not math.isfinite(train_loss) or not math.isfinite(val_loss):
+            from maas_training.errors import TrainingError
+
+            raise TrainingError(
+                f"training diverged at epoch {epoch} (loss is not finite); "
+                "try a lower learning_rate"
+            )
+        improved = val_loss < best_val_loss - 1e-7
+        improved = bool(_agree(ctx, 1.0 if improved else 0.0, "min"))
+        if improved:
+            best_val_loss, best_val_acc, best_epoch, bad_epochs = val_loss, val_acc, epoch, 0
+            best_state = _state_to_cpu(model.state_dict())
+        else:
+            bad_epochs += 1
+        stopped = bad_epochs >= patience
+        if ctx.is_main:
+            log.metric_line(
+                epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc
+            )
+        if checkpointer is not None:
+            checkpointer.save(
+                {
+                    "epoch": epoch,
+                    "model": _state_to_cpu(model.state_dict()),
+                    "optimizer": optimizer.state_dict(),
+                    "best_model": best_state,
+                    "best_val_loss": best_val_loss,
+                    "best_val_accuracy": best_val_acc,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "stopped": stopped,
+                }
+            )
+        if stopped:
+            if ctx.is_main:
+                log.info(f"early stopping at epoch {epoch}: no improvement for {patience} epochs")
+            break
+
+    model.load_state_dict(best_state)
+    model.to("cpu").float().eval()
+    return TrainResult(
+        best_epoch=best_epoch,
+        epochs_run=epoch,
+        best_val_loss=best_val_loss,
+        best_val_accuracy=best_val_acc,
+        stopped_early=stopped,
+        resumed_from_epoch=resumed_from,
+        seconds=time.perf_counter() - t0,
+    )
