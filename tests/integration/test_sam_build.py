@@ -1,0 +1,229 @@
+"""`sam validate --lint` and `sam build` on template.yaml, then what the build holds.
+
+Slow (the build downloads the layers' wheels: a minute or two). Skips, saying why, where the
+SAM CLI or a python3.12 interpreter is missing: `make sam` installs the CLI into .venv/sam/, and
+pyenv's 3.12 (found with `pyenv which`, never a fixed path) serves `sam build`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfn_template import REPO, TEMPLATE, load_template
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+MIB = 1024 * 1024
+LAMBDA_UNZIPPED_LIMIT = 262_144_000  # bytes: function code + all its layers, unzipped
+INFERENCE_BUDGET = 200 * MIB  # leaves room under the limit for a bigger onnxruntime
+FUNCTIONS = ("IngestFunction", "OptimizeFunction", "InferenceFunction")
+
+
+def find_sam() -> str | None:
+    local = REPO / ".venv" / "sam" / "bin" / "sam"
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    return shutil.which("sam")
+
+
+def _real_python312(candidate: str, env: dict[str, str] | None = None) -> str | None:
+    """The interpreter a candidate really runs (a pyenv shim may point at no 3.12), or None."""
+    try:
+        out = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 12), sys.executable)"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    ok, _, executable = out.stdout.strip().partition(" ")
+    if out.returncode != 0 or ok != "True" or not Path(executable).is_file():
+        return None
+    return executable
+
+
+def find_python312() -> str | None:
+    """A real python3.12: on PATH, else pyenv's (`pyenv which`, never a fixed path)."""
+    found = shutil.which("python3.12")
+    if found and (real := _real_python312(found)):
+        return real
+    pyenv = shutil.which("pyenv")
+    if not pyenv:
+        return None
+    try:
+        versions = subprocess.run(
+            [pyenv, "versions", "--bare"], capture_output=True, text=True, timeout=60
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for version in sorted((v for v in versions if v.startswith("3.12")), reverse=True):
+        env = os.environ | {"PYENV_VERSION": version}
+        try:
+            out = subprocess.run(
+                [pyenv, "which", "python3.12"], env=env, capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        path = out.stdout.strip()
+        if out.returncode == 0 and path and (real := _real_python312(path, env)):
+            return real
+    return None
+
+
+@pytest.fixture(scope="module")
+def sam_env() -> tuple[str, dict[str, str], str]:
+    sam = find_sam()
+    if sam is None:
+        pytest.skip("the AWS SAM CLI is not installed (run `make sam`: it goes to .venv/sam/)")
+    python312 = find_python312()
+    if python312 is None:
+        pytest.skip("no python3.12 interpreter (on PATH or through pyenv): sam build needs it")
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(python312).parent), env.get("PATH", "")])
+    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    env["SAM_CLI_TELEMETRY"] = "0"
+    return sam, env, python312
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: int) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(cmd[1:3])} failed ({result.returncode}):\n"
+            f"{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def build_dir(sam_env: tuple[str, dict[str, str], str], tmp_path_factory: Any) -> Path:
+    sam, env, _ = sam_env
+    out = tmp_path_factory.mktemp("sam") / "build"
+    cache = out.parent / "cache"
+    started = time.monotonic()
+    run(
+        [
+            sam,
+            "build",
+            "--template-file",
+            str(TEMPLATE),
+            "--build-dir",
+            str(out),
+            "--cache-dir",
+            str(cache),
+            "--no-cached",  # samconfig.toml caches; a test builds from scratch
+        ],
+        env,
+        timeout=1500,
+    )
+    print(f"\nsam build: {time.monotonic() - started:.0f} s")
+    return out
+
+
+def tree_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            file = Path(root) / name
+            if not file.is_symlink():
+                total += file.stat().st_size
+    return total
+
+
+def function_layers(template: dict[str, Any], function: str) -> list[str]:
+    """Logical ids of the template's own layers a function uses (Globals first, as SAM merges)."""
+    layers = list(template.get("Globals", {}).get("Function", {}).get("Layers", []))
+    layers += template["Resources"][function]["Properties"].get("Layers", [])
+    return [layer["Ref"] for layer in layers if isinstance(layer, dict) and "Ref" in layer]
+
+
+def test_sam_validate_lint(sam_env: tuple[str, dict[str, str], str]) -> None:
+    sam, env, _ = sam_env
+    result = run([sam, "validate", "--lint", "--template-file", str(TEMPLATE)], env, timeout=600)
+    assert "is a valid SAM Template" in result.stdout + result.stderr
+
+
+def test_sam_build_sizes(build_dir: Path) -> None:
+    template = load_template(TEMPLATE)
+    sizes: dict[str, int] = {}
+    for function in FUNCTIONS:
+        parts = [function, *function_layers(template, function)]
+        for part in parts:
+            assert (build_dir / part).is_dir(), f"sam build made no {part}/"
+        sizes[function] = sum(tree_bytes(build_dir / part) for part in parts)
+        detail = ", ".join(f"{p} {tree_bytes(build_dir / p) / MIB:.1f}" for p in parts)
+        print(f"{function}: {sizes[function] / MIB:.1f} MiB unzipped with layers ({detail})")
+    for function, size in sizes.items():
+        assert size <= LAMBDA_UNZIPPED_LIMIT, f"{function} is over Lambda's 250 MB unzipped"
+    assert sizes["InferenceFunction"] <= INFERENCE_BUDGET
+
+
+def test_sam_build_layout(build_dir: Path) -> None:
+    assert (build_dir / "SharedLayer/python/maas/__init__.py").is_file()
+    assert (build_dir / "SharedLayer/python/pydantic").is_dir()
+    assert (build_dir / "SharedLayer/python/aws_lambda_powertools").is_dir()
+    assert (build_dir / "RuntimeLayer/python/onnxruntime").is_dir()
+    assert (build_dir / "RuntimeLayer/python/numpy").is_dir()
+    assert (build_dir / "OptimizeFunction/onnx").is_dir()
+    for function in FUNCTIONS:
+        assert (build_dir / function / "app.py").is_file()
+    # Nothing of the training stack leaks into Lambda.
+    for part in build_dir.iterdir():
+        assert not list(part.glob("**/torch/__init__.py")), f"torch in {part.name}"
+    # Default Architecture x86_64: onnxruntime's extension is an x86-64 ELF (e_machine 0x3e).
+    (ext,) = (build_dir / "RuntimeLayer/python/onnxruntime/capi").glob(
+        "onnxruntime_pybind11_state*.so"
+    )
+    assert ext.read_bytes()[18:20] == b"\x3e\x00"
+
+
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64") or sys.platform != "linux",
+    reason="the build targets x86_64 Linux; its wheels load only there",
+)
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_built_handler_imports(
+    build_dir: Path, sam_env: tuple[str, dict[str, str], str], function: str
+) -> None:
+    """Each handler imports from its build output alone, as Lambda lays it out (-S: no site)."""
+    _, env, python312 = sam_env
+    template = load_template(TEMPLATE)
+    paths = [str(build_dir / function)]
+    paths += [str(build_dir / layer / "python") for layer in function_layers(template, function)]
+    heavy = {
+        "InferenceFunction": "import onnxruntime, numpy",
+        "OptimizeFunction": "import onnx, onnxruntime, numpy",
+    }.get(function, "pass")
+    code = (
+        "import sys; sys.path[:0] = sys.argv[1:]; import app; "
+        "assert callable(app.lambda_handler); " + heavy
+    )
+    env = env | {
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    result = subprocess.run(
+        [python312, "-S", "-c", code, *paths],
+        cwd=build_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
