@@ -262,6 +262,37 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def pack_training_code(dest: Path) -> Path:
+    """training/ as the tarball SageMaker script mode unpacks (train.py at its root)."""
+    import tarfile
+
+    root = Path(__file__).resolve().parents[2] / "training"
+    with tarfile.open(dest, "w:gz") as tar:
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if path.is_file() and "__pycache__" not in rel.parts and rel.suffix != ".pyc":
+                tar.add(path, arcname=str(rel))
+    return dest
+
+
+def cmd_push_training_code(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from maas.storage import parse_s3_uri
+
+    stack = connect()
+    uri = stack.outputs.get("TrainingCodeS3Uri")
+    if not uri:
+        print("error: the stack has no TrainingCodeS3Uri output", file=sys.stderr)
+        return 1
+    bucket, key = parse_s3_uri(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        tarball = pack_training_code(Path(tmp) / "training.tar.gz")
+        stack.client("s3").upload_file(str(tarball), bucket, key)
+    print(f"training code -> {uri}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -310,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("model")
     rb.add_argument("--reason", default="manual rollback")
     rb.set_defaults(func=cmd_rollback)
+
+    sub.add_parser(
+        "push-training-code", help="upload training/ to the stack's TrainingCodeS3Uri"
+    ).set_defaults(func=cmd_push_training_code)
 
     d = sub.add_parser("demo", help="digits end to end on the local stack")
     d.add_argument("--timeout", type=float, default=600)
