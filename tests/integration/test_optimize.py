@@ -195,9 +195,11 @@ def test_gate_rejects_model_below_min_accuracy(aws, iris_model, lambda_context):
     name = _start_run(aws, "iris", "run-1", spec={"quality_gate": {"min_accuracy": 1.0}})
     tarball = _model_tarball(iris_model)
     # Rewrite metrics.json with a lower fp32 accuracy.
-    src = tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz")
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as dst:
+    with (
+        tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as src,
+        tarfile.open(fileobj=out, mode="w:gz") as dst,
+    ):
         for member in src.getmembers():
             data = src.extractfile(member).read()
             if member.name == "metrics.json":
