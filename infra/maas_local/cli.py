@@ -83,7 +83,7 @@ def upload(
 ) -> str:
     """Upload a dataset; returns the training job name the upload maps to."""
     from maas.names import check_model_name, check_run_name, job_name
-    from maas.uploads import classify
+    from maas.uploads import Upload, classify
 
     check_model_name(model)
     s3 = stack.client("s3")
@@ -108,10 +108,11 @@ def upload(
         )
     head = s3.head_object(Bucket=bucket, Key=trigger)
     upload_ = classify(bucket, trigger)
+    assert isinstance(upload_, Upload), upload_  # the keys above always start a run
     identity = head.get("VersionId") or head["ETag"].strip('"')
     if identity == "null":
         identity = head["ETag"].strip('"')
-    name = job_name(model, upload_.run, identity)  # type: ignore[union-attr]
+    name = job_name(model, upload_.run, identity)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     (STATE_DIR / f"last-job-{stack.name}-{model}").write_text(name)
     return name
