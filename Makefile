@@ -26,6 +26,7 @@ demo: setup
 
 test: setup sam
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 test-fast: setup
