@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
 from typing import Any
@@ -99,7 +101,14 @@ def _ready(model: str, version: str | None) -> Response:
 
 @tracer.capture_method
 def _infer(model: str, version: str | None) -> Response:
-    body = app.current_event.decoded_body or ""
+    event = app.current_event
+    body: bytes | str = event.body or ""
+    if event.is_base64_encoded:
+        # Bytes, not powertools' decoded_body: that assumes UTF-8 and crashes on binary bodies.
+        try:
+            body = base64.b64decode(body, validate=True)
+        except binascii.Error:
+            return _json(400, {"error": "request body is not valid base64"})
     if len(body) > MAX_BODY_BYTES:
         return _json(413, {"error": f"request body exceeds {MAX_BODY_BYTES} bytes"})
     request = decode_request(body)

@@ -11,21 +11,21 @@ import boto3
 import numpy as np
 import pytest
 import requests
+from maas_local.stack import LocalStack, LocalStackConfig, free_port
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from maas_local.stack import LocalStack, LocalStackConfig, free_port
-
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
-    cfg = LocalStackConfig(aws_port=free_port(), api_port=free_port(),
-                           workdir=tmp_path_factory.mktemp("stack"))
+    cfg = LocalStackConfig(
+        aws_port=free_port(), api_port=free_port(), workdir=tmp_path_factory.mktemp("stack")
+    )
     with LocalStack(cfg) as s:
         s.runner.on_line = lambda job, line: None
         yield s
@@ -33,8 +33,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 
 def _s3(stack: LocalStack):
     # What a user's own boto3 does: nothing but the endpoint differs from AWS.
-    return boto3.client("s3", endpoint_url=stack.aws_url, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    return boto3.client(
+        "s3",
+        endpoint_url=stack.aws_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def _write_csv(path: Path, header: list[str], x: np.ndarray, y) -> None:
@@ -46,8 +51,13 @@ def _write_csv(path: Path, header: list[str], x: np.ndarray, y) -> None:
 
 
 def _wait_final(stack: LocalStack, model: str, timeout: float = 300) -> dict:
-    ddb = boto3.resource("dynamodb", endpoint_url=stack.aws_url, region_name="us-east-1",
-                         aws_access_key_id="testing", aws_secret_access_key="testing")
+    ddb = boto3.resource(
+        "dynamodb",
+        endpoint_url=stack.aws_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     table = ddb.Table(stack.outputs["RegistryTableName"])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -64,9 +74,17 @@ def _wait_final(stack: LocalStack, model: str, timeout: float = 300) -> dict:
 def _infer(stack: LocalStack, model: str, x: np.ndarray, batch: int = 64) -> list[str]:
     labels: list[str] = []
     for start in range(0, len(x), batch):
-        rows = x[start:start + batch]
-        body = {"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
-                            "data": rows.astype(float).ravel().tolist()}]}
+        rows = x[start : start + batch]
+        body = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(rows.shape),
+                    "datatype": "FP32",
+                    "data": rows.astype(float).ravel().tolist(),
+                }
+            ]
+        }
         r = requests.post(f"{stack.api_url}/v2/models/{model}/infer", json=body, timeout=30)
         assert r.status_code == 200, r.text
         out = {o["name"]: o for o in r.json()["outputs"]}
@@ -77,8 +95,9 @@ def _infer(stack: LocalStack, model: str, x: np.ndarray, batch: int = 64) -> lis
 def test_lone_csv_upload_is_trained_quantized_promoted_and_served(stack: LocalStack, tmp_path):
     # GIVEN digits, a quarter kept back
     d = load_digits()
-    x_tr, x_te, y_tr, y_te = train_test_split(d.data, d.target, test_size=0.25,
-                                              stratify=d.target, random_state=0)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        d.data, d.target, test_size=0.25, stratify=d.target, random_state=0
+    )
     data = tmp_path / "digits.csv"
     _write_csv(data, [f"p{i}" for i in range(64)] + ["label"], x_tr.astype(int), y_tr)
     # WHEN the file is dropped into the data bucket with plain boto3
@@ -101,8 +120,9 @@ def test_run_folder_with_named_label_matches_logistic_regression(stack: LocalSta
     # GIVEN a different table: string labels in a column called "diagnosis"
     b = load_breast_cancer()
     names = np.array(b.target_names)[b.target]
-    x_tr, x_te, y_tr, y_te = train_test_split(b.data, names, test_size=0.25, stratify=names,
-                                              random_state=0)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        b.data, names, test_size=0.25, stratify=names, random_state=0
+    )
     baseline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x_tr, y_tr)
     baseline_acc = baseline.score(x_te, y_te)
     data = tmp_path / "cancer.csv"
@@ -112,8 +132,11 @@ def test_run_folder_with_named_label_matches_logistic_regression(stack: LocalSta
     bucket = stack.outputs["DataBucketName"]
     # WHEN uploaded as a run folder, the data first and job.json last
     s3.upload_file(str(data), bucket, "datasets/cancer/run-1/part-0.csv")
-    s3.put_object(Bucket=bucket, Key="datasets/cancer/run-1/job.json",
-                  Body=json.dumps({"label": "diagnosis"}).encode())
+    s3.put_object(
+        Bucket=bucket,
+        Key="datasets/cancer/run-1/job.json",
+        Body=json.dumps({"label": "diagnosis"}).encode(),
+    )
     record = _wait_final(stack, "cancer")
     # THEN it serves within 2 points of the logistic-regression baseline on the same split
     assert record["status"] == "READY", record.get("reason")

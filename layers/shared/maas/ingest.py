@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ from aws_lambda_powertools import Logger
 from .jobs import TrainingBackend, TrainingRequest
 from .jobspec import InvalidJobSpec, JobSpec, parse_job_json, parse_object_metadata
 from .names import job_name
-from .registry import FAILED, TRAINING, Registry
+from .registry import FAILED, TRAINING, Conflict, Registry
 from .storage import ObjectMissing, Storage
 from .uploads import Ignored, RejectedUpload, Upload, classify, decode_key
 
@@ -79,8 +80,9 @@ class Ingest:
         try:
             spec: JobSpec
             if upload.kind == "run":
-                raw = self.storage.get_bytes(upload.bucket, upload.key, version_id=info.version_id,
-                                             max_bytes=64 * 1024)
+                raw = self.storage.get_bytes(
+                    upload.bucket, upload.key, version_id=info.version_id, max_bytes=64 * 1024
+                )
                 spec = parse_job_json(raw)
             else:
                 spec = parse_object_metadata(info.metadata)
@@ -89,26 +91,38 @@ class Ingest:
 
         name = job_name(upload.model, upload.run, info.identity)
         source = f"s3://{upload.bucket}/{upload.key}"
-        claim = self.registry.claim_job(job_name=name, model=upload.model, run=upload.run,
-                                        source=source, actor=ACTOR)
+        claim = self.registry.claim_job(
+            job_name=name, model=upload.model, run=upload.run, source=source, actor=ACTOR
+        )
         if claim.started:
             logger.info("duplicate delivery", extra={"job": name, "version": claim.version})
-            return Outcome(upload.key, "duplicate", "job already started", upload.model,
-                           claim.version, name)
-        request = TrainingRequest(name, upload.model, claim.version,
-                                  f"s3://{upload.bucket}/{upload.data_prefix}", spec)
+            return Outcome(
+                upload.key, "duplicate", "job already started", upload.model, claim.version, name
+            )
+        request = TrainingRequest(
+            name, upload.model, claim.version, f"s3://{upload.bucket}/{upload.data_prefix}", spec
+        )
+        # The spec first: once the job is marked started, a redelivery stops at "duplicate",
+        # so a spec not yet recorded would be lost and the optimizer would use defaults.
+        self._record_spec(upload.model, claim.version, spec)
         self.backend.start(request)
         self.registry.mark_started(name)
-        self._record_spec(upload.model, claim.version, spec)
-        logger.info("training started", extra={"job": name, "model": upload.model,
-                                               "version": claim.version})
+        logger.info(
+            "training started", extra={"job": name, "model": upload.model, "version": claim.version}
+        )
         return Outcome(upload.key, "started", "", upload.model, claim.version, name)
 
     def _record_spec(self, model: str, version: int, spec: JobSpec) -> None:
         self.registry.update_summary(model, version, {"spec": spec.model_dump()})
 
-    def _reject(self, key: str, reason: str, model: str | None, record: dict[str, Any],
-                identity: str | None = None) -> Outcome:
+    def _reject(
+        self,
+        key: str,
+        reason: str,
+        model: str | None,
+        record: dict[str, Any],
+        identity: str | None = None,
+    ) -> Outcome:
         """A permanent problem with the upload: record it where the user will look."""
         logger.warning("upload rejected", extra={"key": key, "reason": reason})
         if model is None:
@@ -116,10 +130,20 @@ class Ingest:
         obj = record.get("s3", {}).get("object", {})
         ident = identity or obj.get("versionId") or obj.get("eTag") or obj.get("sequencer", "")
         name = job_name(model, "rejected", f"{key}\0{ident}")
-        claim = self.registry.claim_job(job_name=name, model=model, run="-", source=key,
-                                        actor=ACTOR)
-        if claim.created:
-            self.registry.transition(model, claim.version, expected=(TRAINING,), status=FAILED,
-                                     actor=ACTOR, reason=reason)
+        claim = self.registry.claim_job(
+            job_name=name, model=model, run="-", source=key, actor=ACTOR
+        )
+        if not claim.started:
+            # Also on redelivery: a delivery that crashed after the claim left it TRAINING.
+            # Conflict: an earlier delivery recorded the failure but crashed before marking it.
+            with contextlib.suppress(Conflict):
+                self.registry.transition(
+                    model,
+                    claim.version,
+                    expected=(TRAINING,),
+                    status=FAILED,
+                    actor=ACTOR,
+                    reason=reason,
+                )
             self.registry.mark_started(name)
         return Outcome(key, "rejected", reason, model, claim.version, name)

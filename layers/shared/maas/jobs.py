@@ -36,11 +36,13 @@ class TrainingRequest:
         spot = settings.training_spot if spec.spot is None else spec.spot
         hyper = spec.hyperparameters_for_sagemaker()
         # Script mode: the stock PyTorch training image fetches and runs our code tarball.
-        hyper.update({
-            "sagemaker_program": json.dumps("train.py"),
-            "sagemaker_submit_directory": json.dumps(settings.training_code_s3),
-            "sagemaker_container_log_level": json.dumps(20),
-        })
+        hyper.update(
+            {
+                "sagemaker_program": json.dumps("train.py"),
+                "sagemaker_submit_directory": json.dumps(settings.training_code_s3),
+                "sagemaker_container_log_level": json.dumps(20),
+            }
+        )
         artifacts = settings.artifact_bucket
         request: dict[str, Any] = {
             "TrainingJobName": self.job_name,
@@ -51,15 +53,19 @@ class TrainingRequest:
             },
             "RoleArn": settings.training_role_arn,
             "HyperParameters": hyper,
-            "InputDataConfig": [{
-                "ChannelName": "train",
-                "DataSource": {"S3DataSource": {
-                    "S3DataType": "S3Prefix",
-                    "S3Uri": self.data_uri,
-                    "S3DataDistributionType": "FullyReplicated",
-                }},
-                "InputMode": "File",
-            }],
+            "InputDataConfig": [
+                {
+                    "ChannelName": "train",
+                    "DataSource": {
+                        "S3DataSource": {
+                            "S3DataType": "S3Prefix",
+                            "S3Uri": self.data_uri,
+                            "S3DataDistributionType": "FullyReplicated",
+                        }
+                    },
+                    "InputMode": "File",
+                }
+            ],
             "OutputDataConfig": {"S3OutputPath": f"s3://{artifacts}/{TRAINING_OUTPUT_PREFIX}"},
             "ResourceConfig": {
                 "InstanceType": spec.instance_type or settings.training_instance_type,
@@ -114,8 +120,9 @@ class LocalBackend:
 
     def start(self, request: TrainingRequest) -> None:
         body = request.to_create_training_job(self.settings)
-        self.sqs.send_message(QueueUrl=self.settings.local_training_queue_url,
-                              MessageBody=json.dumps(body))
+        self.sqs.send_message(
+            QueueUrl=self.settings.local_training_queue_url, MessageBody=json.dumps(body)
+        )
 
 
 def backend_for(settings: Settings) -> TrainingBackend:

@@ -88,8 +88,10 @@ def decode_request(body: bytes | str) -> InferRequest:
         raise ProtocolError("request body is empty; expected an OIP inference request")
     try:
         doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"request body is not valid JSON: {e.msg if hasattr(e, 'msg') else e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        # RecursionError: absurdly deep nesting is a bad request, not a server error.
+        detail = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        raise ProtocolError(f"request body is not valid JSON: {detail}") from None
     if not isinstance(doc, dict):
         raise ProtocolError("request body must be a JSON object with an 'inputs' list")
     raw_inputs = doc.get("inputs")
@@ -130,9 +132,8 @@ def _decode_input(index: int, raw: Any) -> InferInput:
             f"{where}: unknown datatype {datatype!r}; expected one of {', '.join(NP_DTYPES)}"
         )
     shape = raw.get("shape")
-    if (
-        not isinstance(shape, list)
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise ProtocolError(f"{where}: shape must be a list of non-negative integers")
     if "data" not in raw:
@@ -159,20 +160,38 @@ def _to_array(data: Any, datatype: str, where: str) -> np.ndarray:
         if not all(isinstance(x, bool) for x in flat):
             raise ProtocolError(f"{where}: BOOL data must be true/false")
         return np.array(flat, dtype=np.bool_)
+    not_numbers = ProtocolError(
+        f"{where}: data must be a flat or nested list of numbers for datatype {datatype}"
+    )
+    # Let numpy infer first: casting straight to the target dtype would silently parse "1.5"
+    # strings, turn None into NaN, truncate 2.5 to 2 and overflow on large integers.
     try:
-        with np.errstate(all="ignore"):
-            array = np.asarray(data, dtype=np.float64 if datatype.startswith("FP") else np.int64)
+        array = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
-        raise ProtocolError(
-            f"{where}: data must be a flat or nested list of numbers for datatype {datatype}"
-        ) from None
-    if datatype.startswith("FP"):
-        target = NP_DTYPES[datatype]
+        raise not_numbers from None
+    target = NP_DTYPES[datatype]
+    if array.size == 0:
         return array.astype(target).reshape(-1)
-    info = np.iinfo(NP_DTYPES[datatype])
-    if array.size and (array.min() < info.min or array.max() > info.max):
+    if datatype.startswith("FP"):
+        if array.dtype.kind not in "iuf":
+            raise not_numbers
+        with np.errstate(all="ignore"):
+            return array.astype(target).reshape(-1)
+    info = np.iinfo(target)
+    if array.dtype.kind not in "iu":
+        # Floats, or integers no single numpy dtype holds (e.g. -1 with 2**63): check exactly.
+        values = _flatten(data, where)
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in values):
+            raise not_numbers
+        if not all(isinstance(x, int) or x.is_integer() for x in values):
+            raise ProtocolError(f"{where}: {datatype} data must be integers")
+        ints = [int(x) for x in values]
+        if min(ints) < info.min or max(ints) > info.max:
+            raise ProtocolError(f"{where}: value out of range for {datatype}")
+        return np.array(ints, dtype=target)
+    if array.min() < info.min or array.max() > info.max:
         raise ProtocolError(f"{where}: value out of range for {datatype}")
-    return array.astype(NP_DTYPES[datatype]).reshape(-1)
+    return array.astype(target).reshape(-1)
 
 
 def _flatten(data: list[Any], where: str) -> list[Any]:

@@ -63,8 +63,14 @@ class Optimizer:
             reason = detail.get("FailureReason") or f"training job {status.lower()}"
             return self._finish_failed(name, model, version, f"training {status.lower()}: {reason}")
         try:
-            self.registry.transition(model, version, expected=(TRAINING,), status=OPTIMIZING,
-                                     actor=ACTOR, reason=f"training job {name} completed")
+            self.registry.transition(
+                model,
+                version,
+                expected=(TRAINING,),
+                status=OPTIMIZING,
+                actor=ACTOR,
+                reason=f"training job {name} completed",
+            )
         except Conflict as e:
             logger.info("duplicate completion event", extra={"job": name, "why": str(e)})
             return Outcome(name, "duplicate", model, version, str(e))
@@ -72,14 +78,26 @@ class Optimizer:
             return self._optimize(name, model, version, detail)
         except Exception as e:  # any crash must leave a recorded reason, never a stuck version
             logger.exception("optimize failed")
-            self.registry.transition(model, version, expected=(OPTIMIZING,), status=FAILED,
-                                     actor=ACTOR, reason=f"optimize failed: {e}")
+            self.registry.transition(
+                model,
+                version,
+                expected=(OPTIMIZING,),
+                status=FAILED,
+                actor=ACTOR,
+                reason=f"optimize failed: {e}",
+            )
             return Outcome(name, "failed", model, version, str(e))
 
     def _finish_failed(self, name: str, model: str, version: int, reason: str) -> Outcome:
         try:
-            self.registry.transition(model, version, expected=(TRAINING,), status=FAILED,
-                                     actor=ACTOR, reason=reason[:2000])
+            self.registry.transition(
+                model,
+                version,
+                expected=(TRAINING,),
+                status=FAILED,
+                actor=ACTOR,
+                reason=reason[:2000],
+            )
         except Conflict as e:
             return Outcome(name, "duplicate", model, version, str(e))
         return Outcome(name, "failed", model, version, reason)
@@ -103,7 +121,10 @@ class Optimizer:
             calib_path = model_dir / CALIBRATION_FILE
             calibration = load_npz(calib_path) if calib_path.exists() else None
             selection = optimize_model(
-                model_dir / MODEL_FILE, sample, calibration, work / "candidates",
+                model_dir / MODEL_FILE,
+                sample,
+                calibration,
+                work / "candidates",
                 task=spec.task,
                 max_accuracy_drop=spec.quality_gate.max_accuracy_drop,
                 min_cosine=spec.quality_gate.min_cosine,
@@ -146,26 +167,47 @@ class Optimizer:
                 "training_job": name,
             }
             if fp32_accuracy < spec.quality_gate.min_accuracy:
-                reason = (f"fp32 test accuracy {fp32_accuracy:.4f} is below the gate's "
-                          f"min_accuracy {spec.quality_gate.min_accuracy:.4f}")
-                self.registry.transition(model, version, expected=(OPTIMIZING,), status=REJECTED,
-                                         actor=ACTOR, reason=reason, summary=summary)
+                reason = (
+                    f"fp32 test accuracy {fp32_accuracy:.4f} is below the gate's "
+                    f"min_accuracy {spec.quality_gate.min_accuracy:.4f}"
+                )
+                self.registry.transition(
+                    model,
+                    version,
+                    expected=(OPTIMIZING,),
+                    status=REJECTED,
+                    actor=ACTOR,
+                    reason=reason,
+                    summary=summary,
+                )
                 return Outcome(name, "rejected", model, version, reason)
             prefix = model_prefix(model, version)
             bucket = self.settings.artifact_bucket
             # The model first, the manifest last: a manifest always points at a complete model.
-            self.storage.upload(chosen.path, bucket, prefix + MODEL_FILE,
-                                metadata={"sha256": digest})
-            self.storage.put_bytes(bucket, prefix + MANIFEST_FILE,
-                                   json.dumps(manifest, indent=2).encode(),
-                                   content_type="application/json")
+            self.storage.upload(
+                chosen.path, bucket, prefix + MODEL_FILE, metadata={"sha256": digest}
+            )
+            self.storage.put_bytes(
+                bucket,
+                prefix + MANIFEST_FILE,
+                json.dumps(manifest, indent=2).encode(),
+                content_type="application/json",
+            )
         reason = selection.reason if hasattr(selection, "reason") else chosen.reason
-        self.registry.transition(model, version, expected=(OPTIMIZING,), status=READY,
-                                 actor=ACTOR, reason=reason, summary=summary)
+        self.registry.transition(
+            model,
+            version,
+            expected=(OPTIMIZING,),
+            status=READY,
+            actor=ACTOR,
+            reason=reason,
+            summary=summary,
+        )
         promoted = False
         if spec.auto_promote:
-            self.registry.promote(model, version, actor=ACTOR,
-                                  reason="auto-promote: passed the quality gate")
+            self.registry.promote(
+                model, version, actor=ACTOR, reason="auto-promote: passed the quality gate"
+            )
             promoted = True
         return Outcome(name, "ready", model, version, reason, promoted)
 
@@ -181,8 +223,11 @@ class Optimizer:
                 tar.extractall(model_dir, filter="data")  # refuses links and paths outside
         except (tarfile.TarError, OSError, EOFError) as e:
             raise ValueError(f"model.tar.gz is corrupt or unreadable: {e}") from None
-        missing = [f for f in (MODEL_FILE, SAMPLE_FILE, METRICS_FILE, LABELS_FILE, SCHEMA_FILE)
-                   if not (model_dir / f).is_file()]
+        missing = [
+            f
+            for f in (MODEL_FILE, SAMPLE_FILE, METRICS_FILE, LABELS_FILE, SCHEMA_FILE)
+            if not (model_dir / f).is_file()
+        ]
         if missing:
             raise ValueError(f"model.tar.gz lacks {', '.join(missing)}")
         return model_dir

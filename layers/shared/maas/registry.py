@@ -149,8 +149,11 @@ class Registry:
             existing = self.table.get_item(Key={"pk": f"JOB#{job_name}", "sk": "JOB"}).get("Item")
             if existing:
                 return Claim(
-                    job_name, existing["model"], int(existing["version"]),
-                    bool(existing.get("started")), created=False,
+                    job_name,
+                    existing["model"],
+                    int(existing["version"]),
+                    bool(existing.get("started")),
+                    created=False,
                 )
             meta = self.table.get_item(Key={"pk": _model_pk(model), "sk": "META"}).get("Item")
             current = int(meta["next_version"]) if meta else 0
@@ -162,7 +165,9 @@ class Registry:
                 "UpdateExpression": "SET next_version = :v, model = :m, "
                 "created_at = if_not_exists(created_at, :t)",
                 "ExpressionAttributeValues": {
-                    ":v": {"N": str(version)}, ":m": {"S": model}, ":t": {"S": ts},
+                    ":v": {"N": str(version)},
+                    ":m": {"S": model},
+                    ":t": {"S": ts},
                 },
             }
             if meta:
@@ -179,9 +184,12 @@ class Registry:
                             "Put": {
                                 "TableName": self.table_name,
                                 "Item": {
-                                    "pk": {"S": f"JOB#{job_name}"}, "sk": {"S": "JOB"},
-                                    "model": {"S": model}, "version": {"N": str(version)},
-                                    "started": {"BOOL": False}, "created_at": {"S": ts},
+                                    "pk": {"S": f"JOB#{job_name}"},
+                                    "sk": {"S": "JOB"},
+                                    "model": {"S": model},
+                                    "version": {"N": str(version)},
+                                    "started": {"BOOL": False},
+                                    "created_at": {"S": ts},
                                 },
                                 "ConditionExpression": "attribute_not_exists(pk)",
                             }
@@ -192,11 +200,16 @@ class Registry:
                                 "Item": {
                                     "pk": {"S": _model_pk(model)},
                                     "sk": {"S": _version_sk(version)},
-                                    "model": {"S": model}, "version": {"N": str(version)},
-                                    "status": {"S": TRAINING}, "job_name": {"S": job_name},
-                                    "run": {"S": run}, "source": {"S": source},
-                                    "created_at": {"S": ts}, "updated_at": {"S": ts},
-                                    "summary": {"S": "{}"}, "history": {"S": history},
+                                    "model": {"S": model},
+                                    "version": {"N": str(version)},
+                                    "status": {"S": TRAINING},
+                                    "job_name": {"S": job_name},
+                                    "run": {"S": run},
+                                    "source": {"S": source},
+                                    "created_at": {"S": ts},
+                                    "updated_at": {"S": ts},
+                                    "summary": {"S": "{}"},
+                                    "history": {"S": history},
                                 },
                                 "ConditionExpression": "attribute_not_exists(pk)",
                             }
@@ -205,7 +218,8 @@ class Registry:
                 )
             except ClientError as e:
                 if e.response["Error"]["Code"] in (
-                    "TransactionCanceledException", "ConditionalCheckFailedException",
+                    "TransactionCanceledException",
+                    "ConditionalCheckFailedException",
                 ):
                     continue  # lost a race: another delivery claimed it, or took the number
                 raise
@@ -224,8 +238,9 @@ class Registry:
         item = self.table.get_item(Key={"pk": f"JOB#{job_name}", "sk": "JOB"}).get("Item")
         if not item:
             return None
-        return Claim(job_name, item["model"], int(item["version"]), bool(item.get("started")),
-                     created=False)
+        return Claim(
+            job_name, item["model"], int(item["version"]), bool(item.get("started")), created=False
+        )
 
     # --- versions -------------------------------------------------------------------------
 
@@ -276,7 +291,10 @@ class Registry:
         history = [*current.history, {"at": ts, "by": actor, "status": status, "why": reason}]
         names = {"#s": "status"}
         values: dict[str, Any] = {
-            ":s": status, ":u": ts, ":r": reason, ":h": json.dumps(history[-50:]),
+            ":s": status,
+            ":u": ts,
+            ":r": reason,
+            ":h": json.dumps(history[-50:]),
             ":old": current.status,
         }
         update = "SET #s = :s, updated_at = :u, reason = :r, history = :h"
@@ -322,9 +340,7 @@ class Registry:
     # --- aliases --------------------------------------------------------------------------
 
     def get_alias(self, model: str, name: str = PROD) -> Alias | None:
-        item = self.table.get_item(Key={"pk": _model_pk(model), "sk": f"ALIAS#{name}"}).get(
-            "Item"
-        )
+        item = self.table.get_item(Key={"pk": _model_pk(model), "sk": f"ALIAS#{name}"}).get("Item")
         return Alias.from_item(item) if item else None
 
     def promote(
@@ -355,8 +371,12 @@ class Registry:
             try:
                 if self.get_version(model, candidate).status == READY:
                     self._write_alias(model, name, candidate, previous, current, actor, reason)
-                    self.audit(model, actor, f"rollback:{name}",
-                               f"v{current.version} -> v{candidate}: {reason}")
+                    self.audit(
+                        model,
+                        actor,
+                        f"rollback:{name}",
+                        f"v{current.version} -> v{candidate}: {reason}",
+                    )
                     alias = self.get_alias(model, name)
                     assert alias is not None
                     return alias
@@ -365,13 +385,25 @@ class Registry:
         raise Conflict(f"model {model!r} has no earlier READY version to roll back to")
 
     def _write_alias(
-        self, model: str, name: str, version: int, previous: list[int],
-        current: Alias | None, actor: str, reason: str,
+        self,
+        model: str,
+        name: str,
+        version: int,
+        previous: list[int],
+        current: Alias | None,
+        actor: str,
+        reason: str,
     ) -> None:
         item = {
-            "pk": _model_pk(model), "sk": f"ALIAS#{name}", "model": model, "alias": name,
-            "version": version, "previous": json.dumps(previous), "updated_at": now_iso(),
-            "updated_by": actor, "reason": reason,
+            "pk": _model_pk(model),
+            "sk": f"ALIAS#{name}",
+            "model": model,
+            "alias": name,
+            "version": version,
+            "previous": json.dumps(previous),
+            "updated_at": now_iso(),
+            "updated_by": actor,
+            "reason": reason,
         }
         if current is None:
             cond: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
@@ -394,7 +426,10 @@ class Registry:
             Item={
                 "pk": _model_pk(model),
                 "sk": f"AUDIT#{now_iso()}#{uuid.uuid4().hex[:8]}",
-                "model": model, "actor": actor, "action": action, "detail": detail,
+                "model": model,
+                "actor": actor,
+                "action": action,
+                "detail": detail,
                 "ttl": int(time.time()) + 400 * 24 * 3600,
             }
         )

@@ -78,8 +78,7 @@ class LoadedModel:
                     f"model's {meta.datatype}"
                 )
             if len(tensor.shape) != len(meta.shape) or any(
-                want not in (-1, got)
-                for want, got in zip(meta.shape, tensor.shape, strict=True)
+                want not in (-1, got) for want, got in zip(meta.shape, tensor.shape, strict=True)
             ):
                 raise ProtocolError(
                     f"input {meta.name!r}: shape {tensor.shape} does not match the model's "
@@ -97,8 +96,10 @@ class LoadedModel:
                 raise ProtocolError(f"input {meta.name!r}: NaN or infinite values")
             feeds[meta.name] = tensor.array
         if by_name:
-            raise ProtocolError(f"unknown input(s) {sorted(by_name)}; the model takes "
-                                f"{[m.name for m in self.inputs]}")
+            raise ProtocolError(
+                f"unknown input(s) {sorted(by_name)}; the model takes "
+                f"{[m.name for m in self.inputs]}"
+            )
         names = [m.name for m in self.outputs]
         wanted = request.outputs or names
         unknown = [n for n in wanted if n not in names]
@@ -187,10 +188,24 @@ class ModelStore:
             raise ModelUnavailable(
                 f"version {version} of model {model!r} has no manifest"
             ) from None
+        except ValueError:  # not JSON, or not UTF-8
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} has an unreadable manifest"
+            ) from None
+        if not isinstance(manifest, dict):
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} has an unreadable manifest"
+            )
         local = self.cache_dir / model / str(version) / MODEL_FILE
         if not local.exists():
             tmp = local.with_suffix(".part")
-            self.storage.download(bucket, prefix + MODEL_FILE, tmp)
+            try:
+                self.storage.download(bucket, prefix + MODEL_FILE, tmp)
+            except ObjectMissing:
+                raise ModelUnavailable(
+                    f"version {version} of model {model!r} has no {MODEL_FILE} in the "
+                    "artifact bucket"
+                ) from None
             tmp.replace(local)
         digest = sha256_file(local)
         if digest != manifest.get("sha256"):
@@ -199,12 +214,17 @@ class ModelStore:
                 f"version {version} of model {model!r} failed its integrity check "
                 "(sha256 differs from the manifest); not loaded"
             )
-        session = ort.InferenceSession(str(local), self._session_options(),
-                                       providers=["CPUExecutionProvider"])
-        inputs = [TensorMeta(i.name, oip_datatype(i.type), oip_shape(i.shape))
-                  for i in session.get_inputs()]
-        outputs = [TensorMeta(o.name, oip_datatype(o.type), oip_shape(o.shape))
-                   for o in session.get_outputs()]
+        session = ort.InferenceSession(
+            str(local), self._session_options(), providers=["CPUExecutionProvider"]
+        )
+        inputs = [
+            TensorMeta(i.name, oip_datatype(i.type), oip_shape(i.shape))
+            for i in session.get_inputs()
+        ]
+        outputs = [
+            TensorMeta(o.name, oip_datatype(o.type), oip_shape(o.shape))
+            for o in session.get_outputs()
+        ]
         return LoadedModel(model, version, session, manifest, inputs, outputs)
 
     def _session_options(self) -> ort.SessionOptions:

@@ -52,12 +52,17 @@ class Storage:
                 raise ObjectMissing(f"s3://{bucket}/{key} does not exist") from None
             raise
         return ObjectInfo(
-            bucket, key, r["ETag"].strip('"'), r.get("VersionId"), r["ContentLength"],
+            bucket,
+            key,
+            r["ETag"].strip('"'),
+            r.get("VersionId"),
+            r["ContentLength"],
             {k.lower(): v for k, v in r.get("Metadata", {}).items()},
         )
 
-    def get_bytes(self, bucket: str, key: str, *, version_id: str | None = None,
-                  max_bytes: int | None = None) -> bytes:
+    def get_bytes(
+        self, bucket: str, key: str, *, version_id: str | None = None, max_bytes: int | None = None
+    ) -> bytes:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if version_id:
             kwargs["VersionId"] = version_id
@@ -82,14 +87,22 @@ class Storage:
             raise
         return dest
 
-    def put_bytes(self, bucket: str, key: str, data: bytes, *,
-                  content_type: str = "application/octet-stream",
-                  metadata: dict[str, str] | None = None) -> None:
-        self.s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
-                           Metadata=metadata or {})
+    def put_bytes(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.s3.put_object(
+            Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}
+        )
 
-    def upload(self, path: Path, bucket: str, key: str, *,
-               metadata: dict[str, str] | None = None) -> None:
+    def upload(
+        self, path: Path, bucket: str, key: str, *, metadata: dict[str, str] | None = None
+    ) -> None:
         extra = {"Metadata": metadata} if metadata else None
         self.s3.upload_file(str(path), bucket, key, ExtraArgs=extra)
 

@@ -1,0 +1,276 @@
+"""Shared fixtures: a moto AWS account shaped like the stack, Lambda contexts, a real model."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import gc
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+import helpers  # noqa: E402 - needs tests/ on sys.path first
+
+# moto and botocore allocate heavily per test; default thresholds spent ~25% of the
+# integration run in full collections of a heap that is mostly long-lived service models.
+gc.set_threshold(10_000, 20, 20)
+
+REGISTRY_TABLE = "maas-registry"
+TRAINING_ROLE_ARN = f"arn:aws:iam::{helpers.ACCOUNT}:role/maas-training"
+TRAINING_IMAGE = (
+    "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
+    "pytorch-training:2.5.1-gpu-py311-cu124-ubuntu22.04-sagemaker"
+)
+TRAINING_CODE_S3 = f"s3://{helpers.ARTIFACT_BUCKET}/code/training.tar.gz"
+DEFAULT_KEY_SCHEMA = {
+    "KeySchema": [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ],
+    "AttributeDefinitions": [
+        {"AttributeName": "pk", "AttributeType": "S"},
+        {"AttributeName": "sk", "AttributeType": "S"},
+    ],
+}
+
+
+# --- template.yaml ------------------------------------------------------------------------
+
+
+def registry_table_schema(template: Path = helpers.REPO / "template.yaml") -> dict[str, Any]:
+    """The RegistryTable's keys as template.yaml declares them, so the test table is the stack's.
+
+    Falls back to pk/sk while the template is absent or does not declare the table.
+    """
+    try:
+        stamp = template.stat().st_mtime_ns
+    except OSError:
+        return DEFAULT_KEY_SCHEMA
+    return copy.deepcopy(_schema_from_template(template, stamp))
+
+
+@functools.cache
+def _schema_from_template(template: Path, stamp: int) -> dict[str, Any]:
+    import yaml
+    from cfn_template import load_template
+
+    try:
+        props = load_template(template)["Resources"]["RegistryTable"]["Properties"]
+        schema = {
+            "KeySchema": props["KeySchema"],
+            "AttributeDefinitions": props["AttributeDefinitions"],
+        }
+        if props.get("GlobalSecondaryIndexes"):
+            schema["GlobalSecondaryIndexes"] = [
+                {k: v for k, v in gsi.items() if k != "ProvisionedThroughput"}
+                for gsi in props["GlobalSecondaryIndexes"]
+            ]
+        if not all(isinstance(k.get("AttributeName"), str) for k in schema["KeySchema"]):
+            return DEFAULT_KEY_SCHEMA
+        return schema
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return DEFAULT_KEY_SCHEMA
+
+
+# --- AWS ----------------------------------------------------------------------------------
+
+
+@dataclass
+class AwsAccount:
+    """Clients on the moto account, and where the stack's resources are."""
+
+    s3: Any
+    dynamodb: Any
+    sqs: Any
+    table: str
+    data_bucket: str
+    artifact_bucket: str
+    local_training_queue_url: str
+
+    @functools.cached_property
+    def sagemaker(self) -> Any:
+        import boto3
+
+        return boto3.client("sagemaker", region_name=helpers.REGION)
+
+    def registry(self) -> Any:
+        from maas.registry import Registry
+
+        return Registry(self.table)
+
+    def storage(self) -> Any:
+        from maas.storage import Storage
+
+        return Storage()
+
+
+_LOADER: Any = None
+
+
+def _fresh_boto3_session() -> Any:
+    """A new boto3 session sharing one botocore loader: parsing service JSON dominates setup."""
+    import boto3
+    import botocore.loaders
+    import botocore.session
+
+    global _LOADER
+    if _LOADER is None:
+        _LOADER = botocore.loaders.create_loader()
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _LOADER)
+    session = boto3.Session(botocore_session=core, region_name=helpers.REGION)
+    # boto3 appends its own data path on every session; keep the shared list from growing.
+    _LOADER.search_paths[:] = list(dict.fromkeys(_LOADER.search_paths))
+    return session
+
+
+def _clear_settings() -> None:
+    from maas.config import settings
+
+    settings.cache_clear()
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsAccount]:
+    """moto with the stack's resources and the functions' environment variables."""
+    import boto3
+    import moto
+
+    for name in (
+        "AWS_ENDPOINT_URL",
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "TRAINING_BACKEND",
+        "LOCAL_TRAINING_QUEUE_URL",
+        "ALIAS_TTL_S",
+        "MAX_BATCH_SIZE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", helpers.REGION)
+    monkeypatch.setenv("REGISTRY_TABLE", REGISTRY_TABLE)
+    monkeypatch.setenv("DATA_BUCKET", helpers.DATA_BUCKET)
+    monkeypatch.setenv("ARTIFACT_BUCKET", helpers.ARTIFACT_BUCKET)
+    monkeypatch.setenv("TRAINING_ROLE_ARN", TRAINING_ROLE_ARN)
+    monkeypatch.setenv("TRAINING_IMAGE", TRAINING_IMAGE)
+    monkeypatch.setenv("TRAINING_CODE_S3", TRAINING_CODE_S3)
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "maas")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "maas")
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "model-cache"))
+    schema = registry_table_schema()
+    _clear_settings()
+    with moto.mock_aws():
+        # After mock_aws (which drops the default session): handlers' boto3.client() calls
+        # land on a fresh session that reuses the parsed service models across tests.
+        monkeypatch.setattr(boto3, "DEFAULT_SESSION", _fresh_boto3_session())
+        s3 = boto3.client("s3", region_name=helpers.REGION)
+        for bucket in (helpers.DATA_BUCKET, helpers.ARTIFACT_BUCKET):
+            s3.create_bucket(Bucket=bucket)
+            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        ddb = boto3.client("dynamodb", region_name=helpers.REGION)
+        ddb.create_table(TableName=REGISTRY_TABLE, BillingMode="PAY_PER_REQUEST", **schema)
+        sqs = boto3.client("sqs", region_name=helpers.REGION)
+        queue_url = sqs.create_queue(QueueName=helpers.LOCAL_TRAINING_QUEUE)["QueueUrl"]
+        yield AwsAccount(
+            s3=s3,
+            dynamodb=ddb,
+            sqs=sqs,
+            table=REGISTRY_TABLE,
+            data_bucket=helpers.DATA_BUCKET,
+            artifact_bucket=helpers.ARTIFACT_BUCKET,
+            local_training_queue_url=queue_url,
+        )
+    _clear_settings()
+
+
+@pytest.fixture
+def atomic_requests(aws: AwsAccount, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each AWS request applies atomically, as on AWS; moto's in-memory backends do not.
+
+    Threads still interleave freely between requests, which is where real races happen.
+    """
+    import threading
+
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    lock = threading.Lock()
+    process = BotocoreStubber.process_request
+
+    def serialised(self: BotocoreStubber, request: Any) -> Any:
+        with lock:
+            return process(self, request)
+
+    monkeypatch.setattr(BotocoreStubber, "process_request", serialised)
+
+
+@pytest.fixture
+def registry(aws: AwsAccount) -> Any:
+    return aws.registry()
+
+
+@pytest.fixture
+def storage(aws: AwsAccount) -> Any:
+    return aws.storage()
+
+
+@pytest.fixture
+def lambda_context() -> helpers.FakeLambdaContext:
+    return helpers.FakeLambdaContext()
+
+
+# --- a real model -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    classifier: helpers.TinyClassifier
+    onnx: bytes
+    features: Any  # np.ndarray [N, F] of raw feature rows from the dataset
+
+
+@pytest.fixture(scope="session")
+def iris_model() -> TrainedModel:
+    """A logistic regression on iris as an ONNX classifier: 4 features, 3 named classes."""
+    clf, x = helpers.train_tiny_classifier("iris")
+    return TrainedModel(clf, clf.onnx_bytes(), x)
+
+
+@pytest.fixture(scope="session")
+def iris_model_reversed(iris_model: TrainedModel) -> TrainedModel:
+    """The same weights with the class names reversed: a second version that answers differently."""
+    base = iris_model.classifier
+    clf = helpers.TinyClassifier(
+        base.weights, base.bias, base.mean, base.scale, list(reversed(base.classes))
+    )
+    return TrainedModel(clf, clf.onnx_bytes(), iris_model.features)
+
+
+# --- no network for pure tests ------------------------------------------------------------
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests must not reach anything off this machine."""
+    real_connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in _LOOPBACK:
+            raise RuntimeError(f"unit tests may not use the network (tried {address!r})")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
