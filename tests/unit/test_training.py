@@ -156,7 +156,7 @@ def test_digits_trains_to_contract(digits_job: Job) -> None:
     }
     assert {p.name for p in model_dir.iterdir()} == expected
     assert not (base / "output" / "failure").exists()
-    assert (base / "checkpoints" / "checkpoint.pt").exists()
+    assert sorted(p.name for p in (base / "checkpoints").glob("checkpoint-*.pt"))
 
     metrics = json.loads((model_dir / artifacts.METRICS_FILE).read_text())
     assert metrics["test_accuracy"] >= 0.95

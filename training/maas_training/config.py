@@ -92,7 +92,9 @@ class Cluster:
 # --- hyperparameters ----------------------------------------------------------------------
 
 SUPPORTED_TASKS = ("classification",)
-SUPPORTED_RECIPES = ("mlp",)
+# "auto": pick the MLP depth (0, 1 or hidden_layers) by validation loss, then refit the winner
+# on train + validation for the epochs it needed. "mlp": exactly hidden_layers, early-stopped.
+SUPPORTED_RECIPES = ("auto", "mlp")
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class Hyperparameters:
     task: str = "classification"
     label: str = "label"
     text: str = "text"
-    recipe: str = "mlp"
+    recipe: str = "auto"
     epochs: int = 200
     batch_size: int = 64
     learning_rate: float = 1e-3

@@ -141,33 +141,69 @@ def run(paths: Paths, hp: Hyperparameters) -> dict[str, Any]:
             width = max(hp.hidden_units, x.shape[1])
             where += f", {set_cpu_threads(hp.batch_size, width)} thread(s)"
         log.info(f"device {where}; torch {torch.__version__}")
-        model = TabularMLP(
-            n_features=x.shape[1],
-            n_classes=len(dataset.class_names),
-            hidden_units=hp.hidden_units,
-            hidden_layers=hp.hidden_layers,
-            dropout=hp.dropout,
-        )
-        model.scaler.fit(x_tr)
         fingerprint = _fingerprint(dataset.fingerprint(), hp, ctx.world_size)
-        checkpointer = Checkpointer(paths.checkpoint_dir, fingerprint, enabled_write=ctx.is_main)
-        result = train(
-            model,
-            x_tr,
-            y_tr,
-            x_va,
-            y_va,
-            epochs=hp.epochs,
-            batch_size=hp.batch_size,
-            learning_rate=hp.learning_rate,
-            weight_decay=hp.weight_decay,
-            patience=hp.patience,
-            seed=hp.seed,
-            device=device,
-            use_bf16=use_bf16,
-            ctx=ctx,
-            checkpointer=checkpointer,
-        )
+
+        def fit(
+            depth: int, xs: np.ndarray, ys: np.ndarray, phase: str, epochs: int, refit: bool
+        ) -> tuple[TabularMLP, Any]:
+            torch.manual_seed(hp.seed)
+            candidate = TabularMLP(
+                n_features=x.shape[1],
+                n_classes=len(dataset.class_names),
+                hidden_units=hp.hidden_units,
+                hidden_layers=depth,
+                dropout=hp.dropout,
+            )
+            candidate.scaler.fit(xs)
+            ckpt = Checkpointer(
+                paths.checkpoint_dir,
+                fingerprint,
+                enabled_write=ctx.is_main,
+                name=f"checkpoint-{phase}.pt",
+            )
+            outcome = train(
+                candidate,
+                xs,
+                ys,
+                x_va,
+                y_va,
+                epochs=epochs,
+                batch_size=hp.batch_size,
+                learning_rate=hp.learning_rate,
+                weight_decay=hp.weight_decay,
+                patience=epochs + 1 if refit else hp.patience,
+                seed=hp.seed,
+                device=device,
+                use_bf16=use_bf16,
+                ctx=ctx,
+                checkpointer=ckpt,
+                keep_last=refit,
+            )
+            return candidate, outcome
+
+        # Small tables make a single architecture's validation curve noisy: choose the depth by
+        # validation loss, then refit on train + validation so no labelled row is wasted.
+        depths = [hp.hidden_layers] if hp.recipe == "mlp" else sorted({0, 1, hp.hidden_layers})
+        fits = []
+        for depth in depths:
+            candidate, outcome = fit(depth, x_tr, y_tr, f"h{depth}", hp.epochs, refit=False)
+            if len(depths) > 1:
+                log.info(
+                    f"candidate hidden_layers={depth}: val_loss {outcome.best_val_loss:.4f} "
+                    f"val_accuracy {outcome.best_val_accuracy:.4f} at epoch {outcome.best_epoch}"
+                )
+            fits.append((outcome.best_val_loss, depth, candidate, outcome))
+        _, depth, model, result = min(fits, key=lambda f: (f[0], f[1]))
+        refit_epochs = 0
+        if hp.recipe == "auto":
+            x_all = np.concatenate([x_tr, x_va])
+            y_all = np.concatenate([y_tr, y_va])
+            refit_epochs = max(1, round(result.best_epoch * len(x_all) / len(x_tr)))
+            log.info(
+                f"chose hidden_layers={depth}; refit on train + validation "
+                f"({len(x_all)} rows) for {refit_epochs} epochs"
+            )
+            model, _ = fit(depth, x_all, y_all, f"refit-h{depth}", refit_epochs, refit=True)
         if not ctx.is_main:
             _barrier(ctx)
             return {}
@@ -221,6 +257,12 @@ def run(paths: Paths, hp: Hyperparameters) -> dict[str, Any]:
             "test_accuracy": test_accuracy,
             "test_loss": test_loss,
             "onnx_test_accuracy": info.onnx_accuracy,
+            "hidden_layers_chosen": depth,
+            "candidates": [
+                {"hidden_layers": d, "val_loss": v, "best_epoch": o.best_epoch}
+                for v, d, _, o in fits
+            ],
+            "refit_epochs": refit_epochs,
             "val_loss": result.best_val_loss,
             "val_accuracy": result.best_val_accuracy,
             "best_epoch": result.best_epoch,
@@ -236,7 +278,7 @@ def run(paths: Paths, hp: Hyperparameters) -> dict[str, Any]:
             "device": str(device),
             "bf16": use_bf16,
             "world_size": ctx.world_size,
-            "train_seconds": round(result.seconds, 3),
+            "train_seconds": round(sum(o.seconds for *_, o in fits), 3),
             "total_seconds": round(time.perf_counter() - t_start, 3),
             "exporter": info.exporter,
             "onnx_opset": info.opset,

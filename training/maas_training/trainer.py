@@ -79,8 +79,10 @@ def bf16_ok(device: torch.device) -> bool:
 class Checkpointer:
     """One file, rewritten atomically each epoch; resumes only for the same data + settings."""
 
-    def __init__(self, directory: Path, fingerprint: str, enabled_write: bool) -> None:
-        self.path = directory / CHECKPOINT_FILE
+    def __init__(
+        self, directory: Path, fingerprint: str, enabled_write: bool, name: str = CHECKPOINT_FILE
+    ) -> None:
+        self.path = directory / name
         self.fingerprint = fingerprint
         self.enabled_write = enabled_write
 
@@ -190,7 +192,12 @@ def train(
     use_bf16: bool,
     ctx: DistContext,
     checkpointer: Checkpointer | None,
+    keep_last: bool = False,
 ) -> TrainResult:
+    """Train with early stopping on validation loss; restores the best epoch's weights.
+
+    keep_last: keep the final weights instead (a refit, whose "validation" is in-sample).
+    """
     t0 = time.perf_counter()
     model.to(device)
     xt = torch.from_numpy(x_train).to(device)
@@ -311,7 +318,8 @@ def train(
                 log.info(f"early stopping at epoch {epoch}: no improvement for {patience} epochs")
             break
 
-    model.load_state_dict(best_state)
+    if not keep_last:
+        model.load_state_dict(best_state)
     model.to("cpu").float().eval()
     return TrainResult(
         best_epoch=best_epoch,

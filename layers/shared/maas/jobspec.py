@@ -54,7 +54,8 @@ class JobSpec(BaseModel):
     task: Task = "classification"
     label: str = Field(default="label", pattern=COLUMN_RE)
     text: str = Field(default="text", pattern=COLUMN_RE)
-    recipe: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    # Model family within the task: "auto" (depth chosen on validation, then refit) or "mlp".
+    recipe: Literal["auto", "mlp"] | None = None
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     instance_type: str | None = Field(default=None, pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
     instance_count: int | None = Field(default=None, ge=1, le=16)
