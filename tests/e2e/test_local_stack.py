@@ -142,3 +142,48 @@ def test_run_folder_with_named_label_matches_logistic_regression(stack: LocalSta
     assert record["status"] == "READY", record.get("reason")
     accuracy = np.mean(np.array(_infer(stack, "cancer", x_te)) == y_te)
     assert accuracy >= baseline_acc - 0.02, (accuracy, baseline_acc)
+
+
+def test_cli_upload_wait_versions_promote_rollback(
+    stack: LocalStack, tmp_path, monkeypatch, capsys
+):
+    from maas_local.cli import main
+    from sklearn.datasets import load_wine
+
+    # GIVEN the CLI pointed at the running stack by AWS_ENDPOINT_URL alone
+    monkeypatch.setenv("AWS_ENDPOINT_URL", stack.aws_url)
+    monkeypatch.setenv("MAAS_STATE_DIR", str(tmp_path / "state"))
+    w = load_wine()
+    data = tmp_path / "wine.csv"
+    _write_csv(data, [*w.feature_names, "cultivar"], w.data, w.target)
+    # WHEN two runs are uploaded and waited for
+    for _ in range(2):
+        assert (
+            main(
+                [
+                    "upload",
+                    str(data),
+                    "--model",
+                    "wine",
+                    "--label",
+                    "cultivar",
+                    "--run",
+                    f"run-{time.monotonic_ns()}",
+                ]
+            )
+            == 0
+        )
+        assert main(["wait", "wine", "--timeout", "300"]) == 0
+    capsys.readouterr()
+    # THEN both versions are listed, v2 serving; promote and rollback move prod
+    assert main(["versions", "wine"]) == 0
+    listing = capsys.readouterr().out
+    assert "v1" in listing and "v2" in listing and "prod" in listing
+    assert main(["promote", "wine", "1"]) == 0
+    assert "prod -> v1" in capsys.readouterr().out
+    assert main(["rollback", "wine"]) == 0
+    assert "prod -> v2" in capsys.readouterr().out
+    assert main(["promote", "wine", "7"]) == 1  # no such version: a clear error, not a trace
+    assert "error" in capsys.readouterr().err
+    assert main(["models"]) == 0
+    assert "wine" in capsys.readouterr().out
