@@ -193,7 +193,7 @@ class Optimizer:
                 json.dumps(manifest, indent=2).encode(),
                 content_type="application/json",
             )
-        reason = selection.reason if hasattr(selection, "reason") else chosen.reason
+        reason = selection.reason
         self.registry.transition(
             model,
             version,
@@ -203,13 +203,20 @@ class Optimizer:
             reason=reason,
             summary=summary,
         )
-        promoted = False
-        if spec.auto_promote:
-            self.registry.promote(
-                model, version, actor=ACTOR, reason="auto-promote: passed the quality gate"
-            )
-            promoted = True
+        promoted = spec.auto_promote and self._promote(model, version)
         return Outcome(name, "ready", model, version, reason, promoted)
+
+    def _promote(self, model: str, version: int) -> bool:
+        """Auto-promotion; a concurrent alias move (a person promoting) is retried, not fatal."""
+        for _ in range(3):
+            try:
+                self.registry.promote(
+                    model, version, actor=ACTOR, reason="auto-promote: passed the quality gate"
+                )
+                return True
+            except Conflict as e:
+                logger.warning("promotion raced; retrying", extra={"why": str(e)})
+        return False
 
     def _fetch_artifact(self, uri: str, work: Path) -> Path:
         bucket, key = parse_s3_uri(uri)

@@ -30,6 +30,16 @@ class ObjectInfo:
         return self.version_id if self.version_id and self.version_id != "null" else self.etag
 
 
+_MISSING_CODES = ("404", "NoSuchKey", "NotFound", "NoSuchVersion")
+
+
+def _missing_or(error: ClientError, bucket: str, key: str) -> Exception:
+    """S3's several ways of saying "not there" become one exception; the rest pass through."""
+    if error.response["Error"]["Code"] in _MISSING_CODES:
+        return ObjectMissing(f"s3://{bucket}/{key} does not exist")
+    return error
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://"):
         raise ValueError(f"not an s3:// URI: {uri!r}")
@@ -48,9 +58,7 @@ class Storage:
         try:
             r = self.s3.head_object(**kwargs)
         except ClientError as e:
-            if e.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-                raise ObjectMissing(f"s3://{bucket}/{key} does not exist") from None
-            raise
+            raise _missing_or(e, bucket, key) from None
         return ObjectInfo(
             bucket,
             key,
@@ -69,9 +77,7 @@ class Storage:
         try:
             r = self.s3.get_object(**kwargs)
         except ClientError as e:
-            if e.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-                raise ObjectMissing(f"s3://{bucket}/{key} does not exist") from None
-            raise
+            raise _missing_or(e, bucket, key) from None
         if max_bytes is not None and r["ContentLength"] > max_bytes:
             raise ValueError(f"s3://{bucket}/{key} is larger than {max_bytes} bytes")
         data: bytes = r["Body"].read()
@@ -82,9 +88,7 @@ class Storage:
         try:
             self.s3.download_file(bucket, key, str(dest))
         except ClientError as e:
-            if e.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-                raise ObjectMissing(f"s3://{bucket}/{key} does not exist") from None
-            raise
+            raise _missing_or(e, bucket, key) from None
         return dest
 
     def put_bytes(
