@@ -97,7 +97,8 @@ class LocalStack:
         return f"http://{self.cfg.host}:{self.cfg.api_port}"
 
     def client(self, service: str) -> Any:
-        return boto3.client(
+        make: Any = boto3.client  # any service by name: the typed overloads want literals
+        return make(
             service,
             endpoint_url=self.aws_url,
             region_name=self.cfg.region,

@@ -137,9 +137,10 @@ def _version_sk(version: int) -> str:
 class Registry:
     def __init__(self, table_name: str, *, client: Any = None) -> None:
         self.table_name = table_name
-        self._ddb = client or boto3.client("dynamodb")
-        self._res = boto3.resource("dynamodb", **_client_kwargs(self._ddb))
-        self.table = self._res.Table(table_name)
+        # Any: items here are plain dicts validated by the dataclasses below, not the stubs' unions.
+        self._ddb: Any = client or boto3.client("dynamodb")
+        self._res: Any = boto3.resource("dynamodb", **_client_kwargs(self._ddb))
+        self.table: Any = self._res.Table(table_name)
 
     # --- training jobs --------------------------------------------------------------------
 
