@@ -154,6 +154,12 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsAccount]
         "LOCAL_TRAINING_QUEUE_URL",
         "ALIAS_TTL_S",
         "MAX_BATCH_SIZE",
+        "SESSION_CACHE_SIZE",
+        "STACK_NAME",
+        "TRAINING_SPOT",
+        "TRAINING_INSTANCE_TYPE",
+        "TRAINING_INSTANCE_COUNT",
+        "TRAINING_MAX_RUNTIME_S",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
