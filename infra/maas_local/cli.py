@@ -13,6 +13,7 @@ from typing import Any
 
 from .connect import StackHandle, StackNotFound, connect
 
+PROMOTION_GRACE_S = 15.0
 STATE_DIR = Path(os.environ.get("MAAS_STATE_DIR", Path.home() / ".cache" / "maas"))
 
 
@@ -145,6 +146,7 @@ def wait_for(
     deadline = time.monotonic() + timeout
     last = None
     started = time.monotonic()
+    ready_since: float | None = None
     while time.monotonic() < deadline:
         record = None
         if job is not None:
@@ -163,7 +165,15 @@ def wait_for(
             out = record.to_dict()
             alias = registry.get_alias(model)
             out["prod"] = alias.version if alias else None
-            return out
+            # READY comes a moment before auto-promotion: "done" means promoted, when asked for.
+            promoting = record.status == "READY" and (record.summary.get("spec") or {}).get(
+                "auto_promote", True
+            )
+            if ready_since is None:
+                ready_since = time.monotonic()
+            settled = time.monotonic() - ready_since > PROMOTION_GRACE_S
+            if not promoting or out["prod"] == record.version or settled:
+                return out
         time.sleep(0.5)
     raise TimeoutError(f"{model}: no final status after {timeout:.0f} s (last: {last})")
 

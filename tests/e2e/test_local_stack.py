@@ -65,8 +65,14 @@ def _wait_final(stack: LocalStack, model: str, timeout: float = 300) -> dict:
             KeyConditionExpression="pk = :pk AND begins_with(sk, :v)",
             ExpressionAttributeValues={":pk": f"MODEL#{model}", ":v": "V#"},
         )["Items"]
-        if items and items[-1]["status"] in ("READY", "REJECTED", "FAILED"):
-            return items[-1]
+        latest = items[-1] if items else None
+        if latest and latest["status"] in ("REJECTED", "FAILED"):
+            return latest
+        if latest and latest["status"] == "READY":
+            # Auto-promotion follows READY by a moment: wait until prod points here.
+            alias = table.get_item(Key={"pk": f"MODEL#{model}", "sk": "ALIAS#prod"}).get("Item")
+            if alias and int(alias["version"]) == int(latest["version"]):
+                return latest
         time.sleep(0.5)
     raise AssertionError(f"{model}: no final status in {timeout} s")
 
