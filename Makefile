@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SAM    := $(VENV)/sam/bin/sam
+KSERVE := $(VENV)/kserve/.installed
+KSERVE_VERSION ?= 0.21.0
 
-.PHONY: setup sam demo test test-fast lint typecheck local build validate clean
+.PHONY: setup sam kserve demo test test-fast lint typecheck local build validate openapi clean
 
 setup: $(VENV)/.installed
 
@@ -21,10 +23,19 @@ $(SAM):
 	$(VENV)/sam/bin/python -m pip install -q --upgrade pip
 	$(VENV)/sam/bin/python -m pip install -q aws-sam-cli
 
+# KServe's SDK (its InferenceRESTClient, for the client e2e tests) pins pandas<3 and
+# protobuf<7, which the project's own environment has outgrown: it gets its own.
+kserve: $(KSERVE)
+$(KSERVE):
+	$(PYTHON) -m venv $(VENV)/kserve
+	$(VENV)/kserve/bin/python -m pip install -q --upgrade pip
+	$(VENV)/kserve/bin/python -m pip install -q 'kserve==$(KSERVE_VERSION)'
+	touch $@
+
 demo: setup
 	$(BIN)/maas demo
 
-test: setup sam
+test: setup sam kserve
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
@@ -41,6 +52,10 @@ typecheck: setup
 
 local: setup
 	$(BIN)/maas local up
+
+# docs/openapi.json from the pydantic models the handlers validate with (a test checks it).
+openapi: setup
+	$(BIN)/python -m maas_local.openapi
 
 validate: sam
 	AWS_DEFAULT_REGION=us-east-1 $(SAM) validate --lint

@@ -1,4 +1,9 @@
-"""InferenceFunction: Open Inference Protocol v2 over API Gateway HTTP API (payload 2.0)."""
+"""InferenceFunction: Open Inference Protocol v2 over API Gateway HTTP API (payload 2.0).
+
+JSON and Triton's binary tensor extension both ways. API Gateway hands non-text bodies over
+base64-encoded; they are decoded to bytes here (Powertools' decoded_body assumes UTF-8 text),
+and binary responses go back base64-encoded with isBase64Encoded set.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import base64
 import binascii
 import json
 import time
+import zlib
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -14,7 +20,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 from maas import __version__
-from maas.oip import ProtocolError, decode_request, encode_response
+from maas.oip import (
+    HEADER_LENGTH,
+    PayloadTooLarge,
+    ProtocolError,
+    decode_request,
+    encode_infer_response,
+)
 from maas.serving import ModelNotFound, ModelStore, ModelUnavailable
 
 logger = Logger()
@@ -23,6 +35,7 @@ metrics = Metrics()
 app = APIGatewayHttpResolver()
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
+EXTENSIONS = ["binary_tensor_data"]
 _store: ModelStore | None = None
 
 
@@ -55,7 +68,7 @@ def ready() -> Response:
 
 @app.get("/v2")
 def server_metadata() -> Response:
-    return _json(200, {"name": "serverless-maas", "version": __version__, "extensions": []})
+    return _json(200, {"name": "serverless-maas", "version": __version__, "extensions": EXTENSIONS})
 
 
 @app.get("/v2/models/<model>")
@@ -102,24 +115,48 @@ def _ready(model: str, version: str | None) -> Response:
 @tracer.capture_method
 def _infer(model: str, version: str | None) -> Response:
     event = app.current_event
-    body: bytes | str = event.body or ""
-    if event.is_base64_encoded:
-        # Bytes, not powertools' decoded_body: that assumes UTF-8 and crashes on binary bodies.
-        try:
-            body = base64.b64decode(body, validate=True)
-        except binascii.Error:
-            return _json(400, {"error": "request body is not valid base64"})
-    if len(body) > MAX_BODY_BYTES:
-        return _json(413, {"error": f"request body exceeds {MAX_BODY_BYTES} bytes"})
-    request = decode_request(body)
+    headers = event.headers  # a new case-insensitive dict on every access: read it once
+    body = _body(event.body or "", bool(event.is_base64_encoded), headers.get("content-encoding"))
+    request = decode_request(body, headers.get(HEADER_LENGTH))
     s = store()
-    loaded = s.get(model, version)
+    loaded = s.get(model, version, canary=True)
     started = time.perf_counter()
     outputs = loaded.infer(request, s.settings.max_batch_size)
     metrics.add_metric(
         "InferenceLatency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000
     )
-    return _json(200, encode_response(model, loaded.version, outputs, request.id))
+    payload, header_length = encode_infer_response(model, loaded.version, outputs, request)
+    if header_length is None:
+        return Response(200, "application/json", payload.decode())
+    # bytes: Powertools sends them base64-encoded with isBase64Encoded set.
+    return Response(
+        200,
+        "application/octet-stream",
+        payload,
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )
+
+
+def _body(raw: str, is_base64: bool, encoding: str | None) -> bytes | str:
+    """The request body as sent: base64 undone, gzip/deflate undone, within Lambda's limit."""
+    body: bytes | str = raw
+    if is_base64:
+        try:
+            body = base64.b64decode(raw, validate=True)
+        except binascii.Error:
+            raise ProtocolError("request body is not valid base64") from None
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes (Lambda's limit)")
+    if encoding and encoding.lower() in ("gzip", "deflate"):
+        data = body.encode("latin-1") if isinstance(body, str) else body
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+        try:
+            body = inflater.decompress(data, MAX_BODY_BYTES + 1)
+        except zlib.error:
+            raise ProtocolError(f"request body is not valid {encoding} data") from None
+        if len(body) > MAX_BODY_BYTES or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"decompressed request body exceeds {MAX_BODY_BYTES} bytes")
+    return body
 
 
 @app.exception_handler(ProtocolError)

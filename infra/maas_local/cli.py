@@ -23,13 +23,6 @@ def _registry(stack: StackHandle) -> Any:
     return Registry(stack.outputs["RegistryTableName"], client=stack.client("dynamodb"))
 
 
-def _actor(stack: StackHandle) -> str:
-    try:
-        return str(stack.client("sts").get_caller_identity()["Arn"])
-    except Exception:
-        return f"user:{os.environ.get('USER', 'unknown')}"
-
-
 # --- local up -----------------------------------------------------------------------------
 
 
@@ -52,6 +45,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     print(f"maas local stack '{cfg.stack_name}' is up", flush=True)
     print(f"  AWS endpoint : {stack.aws_url}   (export AWS_ENDPOINT_URL={stack.aws_url})")
     print(f"  API          : {stack.api_url}/v2")
+    print(f"  admin API    : {stack.api_url}/admin   (SigV4-signed: `maas models`, `maas promote`)")
     print(f"  data bucket  : s3://{stack.outputs['DataBucketName']}/datasets/<model>/")
     print("Ctrl-C to stop.", flush=True)
     stop = False
@@ -195,94 +189,158 @@ def cmd_wait(args: argparse.Namespace) -> int:
 # --- registry views and changes ---------------------------------------------------------
 
 
-def _version_line(v: dict[str, Any], prod: int | None) -> str:
-    s = v.get("summary", {})
-    acc = (s.get("served_quality") or {}).get("accuracy")
-    size = s.get("size_bytes")
-    fp32 = s.get("fp32_size_bytes")
-    parts = [
-        f"v{v['version']:<3}",
-        f"{v['status']:<10}",
-        "prod" if v["version"] == prod else "    ",
-    ]
-    if s.get("recipe"):
-        parts.append(f"recipe={s['recipe']}")
+def _version_line(v: dict[str, Any], prod: int | None = None, canary_weight: float = 0) -> str:
+    """One version: an admin API VersionInfo, or a registry record (`maas wait`)."""
+    metrics = v.get("metrics")
+    role = v.get("role")
+    recipe = v.get("recipe")
+    if metrics is None:
+        s = v.get("summary", {})
+        metrics = {**(s.get("served_quality") or {})}
+        metrics.update({k: s.get(k) for k in ("size_bytes", "fp32_size_bytes", "plot")})
+        recipe = s.get("recipe")
+        role = "prod" if v["version"] == prod else None
+    acc = metrics.get("accuracy")
+    size = metrics.get("size_bytes")
+    fp32 = metrics.get("fp32_size_bytes")
+    label = {"prod": "prod", "canary": f"canary {canary_weight:.0%}"}.get(role or "", "")
+    parts = [f"v{v['version']:<3}", f"{v['status']:<10}", f"{label:<11}"]
+    if recipe:
+        parts.append(f"recipe={recipe}")
     if acc is not None:
         parts.append(f"accuracy={acc:.4f}")
+    if metrics.get("cosine_mean") is not None:
+        parts.append(f"cosine={metrics['cosine_mean']:.4f}")
     if size and fp32:
         parts.append(f"size={fp32 / 1024:.0f}KiB->{size / 1024:.0f}KiB")
     parts.append(v.get("created_at", ""))
+    if metrics.get("plot"):
+        parts.append(f"plot={metrics['plot']}")
     if v["status"] in ("FAILED", "REJECTED") and v.get("reason"):
         parts.append(f"reason: {v['reason']}")
     return "  ".join(parts)
 
 
+def _admin_call(fn: Any, *args: Any) -> dict[str, Any] | None:
+    """Run one admin operation; print its error and return None when it is refused."""
+    from .admin_client import AdminError
+
+    try:
+        return dict(fn(*args))
+    except AdminError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def _alias_line(model: str, alias: dict[str, Any]) -> str:
+    line = f"{model}: prod -> v{alias['version']}"
+    if alias.get("canary_version") is not None:
+        line += f", canary v{alias['canary_version']} at {alias['canary_weight']:.0%}"
+    return line
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    registry = _registry(connect())
-    models = registry.list_models()
-    if not models:
+    from .admin_client import admin_for
+
+    doc = _admin_call(admin_for(connect()).models)
+    if doc is None:
+        return 1
+    if not doc["models"]:
         print("no models yet: upload a dataset with `maas upload FILE --model NAME`")
-    for m in models:
-        alias = registry.get_alias(m)
-        versions = registry.list_versions(m)
-        latest = versions[-1] if versions else None
+    for m in doc["models"]:
+        latest = f"v{m['latest']} {m['latest_status']}" if m["latest"] else "-"
+        canary = (
+            f"  canary=v{m['canary_version']}@{m['canary_weight']:.0%}"
+            if m["canary_version"] is not None
+            else ""
+        )
         print(
-            f"{m:<24} prod=v{alias.version if alias else '-'}  versions={len(versions)}  "
-            f"latest={f'v{latest.version} {latest.status}' if latest else '-'}"
+            f"{m['name']:<24} prod=v{m['prod'] or '-'}{canary}  versions={m['versions']}  "
+            f"latest={latest}"
         )
     return 0
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    registry = _registry(connect())
-    alias = registry.get_alias(args.model)
-    versions = registry.list_versions(args.model)
-    if not versions:
-        print(f"model {args.model!r} has no versions", file=sys.stderr)
+    from .admin_client import admin_for
+
+    doc = _admin_call(admin_for(connect()).versions, args.model)
+    if doc is None:
         return 1
-    for v in versions:
-        print(_version_line(v.to_dict(), alias.version if alias else None))
+    for v in doc["versions"]:
+        print(_version_line(v, canary_weight=doc["canary_weight"]))
     return 0
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from maas.registry import RegistryError
+    from .admin_client import admin_for
 
-    stack = connect()
-    try:
-        alias = _registry(stack).promote(
-            args.model, args.version, actor=_actor(stack), reason=args.reason
-        )
-    except RegistryError as e:
-        print(f"error: {e}", file=sys.stderr)
+    alias = _admin_call(admin_for(connect()).promote, args.model, args.version, args.reason)
+    if alias is None:
         return 1
-    print(f"{args.model}: prod -> v{alias.version}")
+    print(_alias_line(args.model, alias))
+    return 0
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    from .admin_client import admin_for
+
+    if args.weight > 0 and args.version is None:
+        print("error: a canary weight above 0 needs a VERSION", file=sys.stderr)
+        return 1
+    alias = _admin_call(
+        admin_for(connect()).canary, args.model, args.version, args.weight, args.reason
+    )
+    if alias is None:
+        return 1
+    print(_alias_line(args.model, alias))
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from maas.registry import RegistryError
+    from .admin_client import admin_for
 
-    stack = connect()
-    try:
-        alias = _registry(stack).rollback(args.model, actor=_actor(stack), reason=args.reason)
-    except RegistryError as e:
-        print(f"error: {e}", file=sys.stderr)
+    alias = _admin_call(admin_for(connect()).rollback, args.model, args.reason)
+    if alias is None:
         return 1
-    print(f"{args.model}: prod -> v{alias.version}")
+    print(_alias_line(args.model, alias))
     return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .admin_client import admin_for
+
+    doc = _admin_call(admin_for(connect()).audit, args.model)
+    if doc is None:
+        return 1
+    for e in doc["entries"]:
+        print(f"{e['at']}  {e['action']:<18} {e['actor']}  {e['detail']}")
+    return 0
+
+
+def _weight(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"weight must be within [0, 1] (0.1 = 10 %), not {text}")
+    return value
 
 
 def pack_training_code(dest: Path) -> Path:
     """training/ as the tarball SageMaker script mode unpacks (train.py at its root)."""
     import tarfile
 
-    root = Path(__file__).resolve().parents[2] / "training"
+    repo = Path(__file__).resolve().parents[2]
+    root = repo / "training"
     with tarfile.open(dest, "w:gz") as tar:
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root)
             if path.is_file() and "__pycache__" not in rel.parts and rel.suffix != ".pyc":
                 tar.add(path, arcname=str(rel))
+        # The text encoders the inference function runs, byte for byte (maas_training.textprep).
+        tar.add(
+            repo / "layers" / "shared" / "maas" / "textprep.py",
+            arcname="maas_training/_shared/textprep.py",
+        )
     return dest
 
 
@@ -348,10 +406,29 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--reason", default="manual promotion")
     pr.set_defaults(func=cmd_promote)
 
-    rb = sub.add_parser("rollback", help="point prod back at the previous READY version")
+    c = sub.add_parser(
+        "canary", help="send a fraction of unversioned requests to another READY version"
+    )
+    c.add_argument("model")
+    c.add_argument("version", type=int, nargs="?", help="the canary (omit with --weight 0)")
+    c.add_argument(
+        "--weight", type=_weight, required=True, help="fraction in [0, 1]; 0 removes the canary"
+    )
+    c.add_argument("--reason", default="manual canary")
+    c.set_defaults(func=cmd_canary)
+
+    rb = sub.add_parser(
+        "rollback",
+        help="undo the latest deployment: remove an active canary, else point prod back at "
+        "the previous READY version",
+    )
     rb.add_argument("model")
     rb.add_argument("--reason", default="manual rollback")
     rb.set_defaults(func=cmd_rollback)
+
+    a = sub.add_parser("audit", help="who changed a model's aliases, when and why")
+    a.add_argument("model")
+    a.set_defaults(func=cmd_audit)
 
     sub.add_parser(
         "push-training-code", help="upload training/ to the stack's TrainingCodeS3Uri"

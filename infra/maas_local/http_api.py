@@ -1,4 +1,10 @@
-"""An HTTP server that turns requests into API Gateway HTTP API (payload 2.0) events."""
+"""An HTTP server that turns requests into API Gateway HTTP API (payload 2.0) events.
+
+/admin/* goes to the admin function and only when SigV4-signed by the stack's credentials
+(template.yaml puts AWS_IAM on those routes); everything else goes to the inference function,
+signed too when the stack's inference auth is AWS_IAM. Events above Lambda's 6 MB invocation
+payload limit are refused with 413 before any function runs, as Lambda would refuse them.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +13,21 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 from .lambda_runtime import FunctionPool
+from .sigv4 import Unauthorized, verify
 
 log = logging.getLogger("maas.local.api")
 # API Gateway passes these content types through as text; everything else arrives base64.
 TEXT_TYPES = ("application/json", "text/", "application/xml", "application/x-www-form-urlencoded")
 MAX_PAYLOAD = 10 * 1024 * 1024  # API Gateway's own request limit; Lambda's 6 MB is the function's
+LAMBDA_PAYLOAD = 6 * 1024 * 1024  # synchronous invocation payload: the whole event
+ADMIN_PREFIX = "/admin/"
 
 
 def http_api_event(
@@ -65,11 +75,30 @@ def http_api_event(
     return event
 
 
+@dataclass(frozen=True)
+class IamPolicy:
+    """Who may call the AWS_IAM routes: the stack's access keys, in its region and account."""
+
+    credentials: dict[str, str]
+    region: str
+    account: str
+    inference: bool = False  # InferenceAuth=AWS_IAM: the inference routes need SigV4 too
+
+
 class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, host: str, port: int, function: FunctionPool) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        function: FunctionPool,
+        admin: FunctionPool | None = None,
+        iam: IamPolicy | None = None,
+    ) -> None:
         self.function = function
+        self.admin = admin
+        self.iam = iam or IamPolicy({"testing": "testing"}, "us-east-1", "123456789012")
         super().__init__((host, port), _Handler)
 
 
@@ -89,11 +118,46 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         body = self.rfile.read(length) if length else b""
+        path = urlsplit(self.path).path
+        admin = path == ADMIN_PREFIX.rstrip("/") or path.startswith(ADMIN_PREFIX)
+        function = self.server.admin if admin else self.server.function
+        if function is None:
+            self._error(404, "Not Found")
+            return
+        caller = None
+        if admin or self.server.iam.inference:
+            iam = self.server.iam
+            try:
+                caller = verify(
+                    self.command,
+                    self.path,
+                    dict(self.headers.items()),
+                    body,
+                    credentials=iam.credentials,
+                    region=iam.region,
+                    account=iam.account,
+                )
+            except Unauthorized as e:
+                # API Gateway answers {"message": "Forbidden"}; the reason helps on a laptop.
+                self._error(403, "Forbidden", str(e))
+                return
         event = http_api_event(
             self.command, self.path, dict(self.headers.items()), body, self.client_address[0]
         )
+        if caller is not None:
+            event["requestContext"]["authorizer"] = caller.authorizer()
+        if len(event.get("body") or "") + 8192 > LAMBDA_PAYLOAD and (
+            len(json.dumps(event)) > LAMBDA_PAYLOAD
+        ):
+            self._error(
+                413,
+                "Request Entity Too Large",
+                f"the request does not fit Lambda's {LAMBDA_PAYLOAD} byte invocation payload "
+                "(binary bodies travel base64-encoded, 4/3 their size)",
+            )
+            return
         try:
-            result = self.server.function.invoke(event)
+            result = function.invoke(event)
         except Exception:
             log.exception("inference function failed")
             # What API Gateway answers when the integration fails.
@@ -106,6 +170,12 @@ class _Handler(BaseHTTPRequestHandler):
         raw = result.get("body") or ""
         payload = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode()
         self._reply(status, headers, payload)
+
+    def _error(self, status: int, message: str, detail: str | None = None) -> None:
+        body: dict[str, str] = {"message": message}
+        if detail:
+            body["error"] = detail
+        self._reply(status, {"content-type": "application/json"}, json.dumps(body).encode())
 
     def _reply(self, status: int, headers: dict[str, str], payload: bytes) -> None:
         self.send_response(status)

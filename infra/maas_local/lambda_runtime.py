@@ -6,10 +6,11 @@ import importlib.util
 import itertools
 import queue
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -50,7 +51,14 @@ def load_handler_module(functions_dir: Path, name: str) -> ModuleType:
 
 
 class FunctionPool:
-    """N warm containers of one function; each serves one event at a time, as on Lambda."""
+    """N warm containers of one function; each serves one event at a time, as on Lambda.
+
+    `exclusive`: a lock held around each invocation, shared by the pools whose handlers use
+    Powertools' HTTP resolver. That resolver keeps the current event on a class attribute
+    (BaseRouter.current_event), one per process; Lambda runs one event per process, but here
+    every container is a thread of one process, so two concurrent HTTP invocations would read
+    each other's event. Containers stay separate (their own module state and caches).
+    """
 
     def __init__(
         self,
@@ -59,10 +67,12 @@ class FunctionPool:
         size: int = 1,
         memory_mb: int = 1769,
         timeout_s: float = 900,
+        exclusive: threading.Lock | None = None,
     ) -> None:
         self.name = name
         self.memory_mb = memory_mb
         self.timeout_s = timeout_s
+        self._exclusive = exclusive
         self._idle: queue.Queue[ModuleType] = queue.Queue()
         for _ in range(size):
             self._idle.put(load_handler_module(functions_dir, name))
@@ -76,7 +86,7 @@ class FunctionPool:
             self._idle.put(module)
 
     def invoke(self, event: dict[str, Any]) -> Any:
-        with self._container() as module:
+        with self._container() as module, self._exclusive or nullcontext():
             context = LambdaContext(self.name, self.memory_mb, self.timeout_s)
             try:
                 return module.lambda_handler(event, context)

@@ -5,7 +5,8 @@ S3 notifications -> IngestQueue (moto delivers them, as S3 does)
 poller           -> IngestFunction with SQS events (Lambda's event source mapping)
 runner           -> training/train.py under the SageMaker contract, then OptimizeFunction
                     with the "SageMaker Training Job State Change" event
-HTTP server      -> InferenceFunction with API Gateway HTTP API payload-2.0 events
+HTTP server      -> InferenceFunction with API Gateway HTTP API payload-2.0 events;
+                    /admin/* (SigV4-signed only, as AWS_IAM) -> AdminFunction
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ class LocalStackConfig:
     inference_containers: int = 4
     training_workers: int = 1
     quiet_functions: bool = True
+    # The template's parameters, where a test or a user wants other than the defaults.
+    alias_ttl_s: float | None = None  # AliasTtlSeconds (ALIAS_TTL_S)
+    max_batch_size: int | None = None  # MaxBatchSize (MAX_BATCH_SIZE)
+    inference_auth: str = "NONE"  # InferenceAuth: NONE or AWS_IAM (SigV4 on /v2 too)
+    # Access key -> secret the AWS_IAM routes accept: the stack's own, as moto's clients use.
+    credentials: dict[str, str] = field(default_factory=lambda: {"testing": "testing"})
 
 
 class LocalStack:
@@ -112,6 +119,9 @@ class LocalStack:
     def start(self) -> LocalStack:
         from moto.server import ThreadedMotoServer
 
+        if self.cfg.inference_auth not in ("NONE", "AWS_IAM"):
+            # JWT needs an identity provider: not something the local stack plays.
+            raise ValueError(f"inference_auth: NONE or AWS_IAM, not {self.cfg.inference_auth!r}")
         for port in (self.cfg.aws_port, self.cfg.api_port):
             if port_open(self.cfg.host, port):
                 raise RuntimeError(f"port {port} on {self.cfg.host} is already in use")
@@ -123,19 +133,33 @@ class LocalStack:
         self._moto.start()
         self._create_resources()
         self._configure_function_env()
-        from .http_api import ApiServer
+        from .http_api import ApiServer, IamPolicy
         from .runner import TrainingRunner
 
         ingest = FunctionPool(self.cfg.functions_dir, "ingest", timeout_s=60)
         optimize = FunctionPool(self.cfg.functions_dir, "optimize", memory_mb=3008)
+        http = threading.Lock()  # see FunctionPool: Powertools' resolver state is per process
         inference = FunctionPool(
-            self.cfg.functions_dir, "inference", size=self.cfg.inference_containers, timeout_s=30
+            self.cfg.functions_dir,
+            "inference",
+            size=self.cfg.inference_containers,
+            timeout_s=30,
+            exclusive=http,
+        )
+        admin = FunctionPool(
+            self.cfg.functions_dir, "admin", memory_mb=512, timeout_s=30, exclusive=http
         )
         self.runner = TrainingRunner(self, optimize)
         self._spawn("ingest-poller", self._poll_ingest, ingest)
         for i in range(self.cfg.training_workers):
             self._spawn(f"training-runner-{i}", self.runner.serve, self._stop)
-        self._http = ApiServer(self.cfg.host, self.cfg.api_port, inference)
+        iam = IamPolicy(
+            dict(self.cfg.credentials),
+            self.cfg.region,
+            ACCOUNT,
+            inference=self.cfg.inference_auth == "AWS_IAM",
+        )
+        self._http = ApiServer(self.cfg.host, self.cfg.api_port, inference, admin, iam)
         self._spawn("http-api", self._http.serve_forever)
         return self
 
@@ -146,6 +170,14 @@ class LocalStack:
         for t in self._threads:
             t.join(timeout=10)
         if self._moto is not None:
+            # moto keeps its backends per process, not per server: without a reset, a next
+            # stack in this process would find this one's buckets, queues and table.
+            try:
+                import requests
+
+                requests.post(f"{self.aws_url}/moto-api/reset", timeout=10)
+            except Exception:  # a stack that half-started: nothing to reset
+                log.debug("moto reset failed", exc_info=True)
             self._moto.stop()
         for key, value in self._saved_env.items():
             if value is None:
@@ -330,6 +362,12 @@ class LocalStack:
             "POWERTOOLS_SERVICE_NAME": "maas",
             "POWERTOOLS_METRICS_NAMESPACE": "maas",
         }
+        for name, value in (
+            ("ALIAS_TTL_S", self.cfg.alias_ttl_s),
+            ("MAX_BATCH_SIZE", self.cfg.max_batch_size),
+        ):
+            if value is not None:  # otherwise whatever the environment says (or the default)
+                env[name] = str(value)
         if self.cfg.quiet_functions:
             env.update(
                 {

@@ -608,3 +608,81 @@ def test_events_file_replayed_starts_a_job(
     assert request["TrainingJobName"].startswith(f"maas-{model}-")
     assert request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == channel
     assert [v.version for v in Registry(aws.table).list_versions(model)] == [1]
+
+
+# --- text jobs and pretrained imports ----------------------------------------------------
+
+
+def test_pretrained_folder_job_json_starts_an_import_of_the_run_folder(
+    aws: Any, ingest_app: Any, lambda_context: Any, sent_requests: list[dict[str, Any]]
+) -> None:
+    # GIVEN a model folder under pretrained/ whose files never trigger, then its job.json
+    for key in ("pretrained/minilm/v1/config.json", "pretrained/minilm/v1/tokenizer.json"):
+        note = put_and_notify(aws.s3, "maas-data", key, b"{}")
+        ingest_app.lambda_handler(sqs_event(note), lambda_context)
+    assert sent_requests == []
+    note = put_and_notify(aws.s3, "maas-data", "pretrained/minilm/v1/job.json", b"{}")
+    # WHEN it is ingested
+    ingest_app.lambda_handler(sqs_event(note), lambda_context)
+    # THEN an embedding import of the folder starts on the training backend
+    [request] = sent_requests
+    [channel] = request["InputDataConfig"]
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == "s3://maas-data/pretrained/minilm/v1/"
+    hyper = {k: json.loads(v) for k, v in request["HyperParameters"].items()}
+    assert (hyper["task"], hyper["recipe"]) == ("embedding", "import")
+    metrics = {
+        m["Name"]: m["Regex"] for m in request["AlgorithmSpecification"]["MetricDefinitions"]
+    }
+    assert re.search(metrics["val_loss"], "epoch=3 train_loss=0.5 val_loss=0.25").group(1) == "0.25"
+    assert re.search(metrics["test_loss"], "test_accuracy=0.9 test_loss=0.125").group(1) == "0.125"
+
+
+def test_finetune_gets_the_base_models_imported_folder_as_channel_base(
+    aws: Any, ingest_app: Any, lambda_context: Any, sent_requests: list[dict[str, Any]]
+) -> None:
+    registry = Registry(aws.table)
+    # GIVEN an imported pretrained model promoted to prod
+    name = job_name("minilm", "v1", "etag")
+    claim = registry.claim_job(
+        job_name=name,
+        model="minilm",
+        run="v1",
+        source="s3://maas-data/pretrained/minilm/v1/job.json",
+        actor="test",
+    )
+    registry.transition("minilm", claim.version, expected=(TRAINING,), status="OPTIMIZING",
+                        actor="test", reason="")  # fmt: skip
+    registry.transition("minilm", claim.version, expected=("OPTIMIZING",), status="READY",
+                        actor="test", reason="")  # fmt: skip
+    registry.promote("minilm", claim.version, actor="test", reason="")
+    # WHEN a text run asks to fine-tune it
+    spec = {"task": "text-classification", "recipe": "finetune", "base_model": "minilm"}
+    note = put_and_notify(
+        aws.s3, "maas-data", "datasets/docs/r1/job.json", json.dumps(spec).encode()
+    )
+    ingest_app.lambda_handler(sqs_event(note), lambda_context)
+    # THEN the job reads the data (train) and the pretrained folder (base)
+    [request] = sent_requests
+    channels = {
+        c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+        for c in request["InputDataConfig"]
+    }
+    assert channels == {
+        "train": "s3://maas-data/datasets/docs/r1/",
+        "base": "s3://maas-data/pretrained/minilm/v1/",
+    }
+    hyper = {k: json.loads(v) for k, v in request["HyperParameters"].items()}
+    assert (hyper["recipe"], hyper["epochs"], hyper["learning_rate"]) == ("finetune", 4, 5e-5)
+
+
+def test_finetune_of_an_unknown_base_model_is_rejected_with_the_reason(
+    aws: Any, ingest_app: Any, lambda_context: Any, sent_requests: list[dict[str, Any]]
+) -> None:
+    spec = {"task": "text-classification", "recipe": "finetune", "base_model": "nobody"}
+    note = put_and_notify(
+        aws.s3, "maas-data", "datasets/docs/r2/job.json", json.dumps(spec).encode()
+    )
+    ingest_app.lambda_handler(sqs_event(note), lambda_context)
+    assert sent_requests == []
+    [version] = Registry(aws.table).list_versions("docs")
+    assert version.status == FAILED and "base_model 'nobody'" in version.reason

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 MIB = 1024 * 1024
 LAMBDA_UNZIPPED_LIMIT = 262_144_000  # bytes: function code + all its layers, unzipped
 INFERENCE_BUDGET = 200 * MIB  # leaves room under the limit for a bigger onnxruntime
-FUNCTIONS = ("IngestFunction", "OptimizeFunction", "InferenceFunction")
+FUNCTIONS = ("IngestFunction", "OptimizeFunction", "InferenceFunction", "AdminFunction")
 
 
 def find_sam() -> str | None:
@@ -177,6 +177,9 @@ def test_sam_build_layout(build_dir: Path) -> None:
     assert (build_dir / "SharedLayer/python/aws_lambda_powertools").is_dir()
     assert (build_dir / "RuntimeLayer/python/onnxruntime").is_dir()
     assert (build_dir / "RuntimeLayer/python/numpy").is_dir()
+    # tokenizers without its Hub-download dependencies (layers/text/Makefile: --no-deps).
+    assert (build_dir / "TextLayer/python/tokenizers").is_dir()
+    assert not (build_dir / "TextLayer/python/huggingface_hub").exists()
     assert (build_dir / "OptimizeFunction/onnx").is_dir()
     for function in FUNCTIONS:
         assert (build_dir / function / "app.py").is_file()
@@ -204,7 +207,7 @@ def test_built_handler_imports(
     paths = [str(build_dir / function)]
     paths += [str(build_dir / layer / "python") for layer in function_layers(template, function)]
     heavy = {
-        "InferenceFunction": "import onnxruntime, numpy",
+        "InferenceFunction": "import onnxruntime, numpy, tokenizers, maas.textserving",
         "OptimizeFunction": "import onnx, onnxruntime, numpy",
     }.get(function, "pass")
     code = (

@@ -79,9 +79,41 @@ def test_parse_job_json_out_of_bounds_value_is_rejected(doc: dict, where: str) -
     assert f"{where}:" in str(info.value)
 
 
-def test_parse_job_json_task_not_yet_supported_says_so() -> None:
-    with pytest.raises(InvalidJobSpec, match="not supported yet"):
-        parse_job_json(b'{"task": "embedding"}')
+def test_parse_job_json_text_task_defaults_to_ngram_with_its_hyperparameters() -> None:
+    spec = parse_job_json(b'{"task": "text-classification", "text": "sentence"}')
+    assert spec.effective_recipe == "ngram"
+    hyper = {k: json.loads(v) for k, v in spec.hyperparameters_for_sagemaker().items()}
+    assert hyper["task"] == "text-classification" and hyper["text"] == "sentence"
+    assert hyper["epochs"] == 30 and hyper["patience"] == 3  # the recipe's, not tabular 200
+    assert "buckets" not in hyper  # unset optional knobs are left to the training job
+    given = parse_job_json(b'{"task": "text-classification", "hyperparameters": {"epochs": 9}}')
+    assert json.loads(given.hyperparameters_for_sagemaker()["epochs"]) == 9
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"task": "classification", "recipe": "ngram"}, "does not apply to task"),
+        ({"task": "embedding", "recipe": "auto"}, "does not apply to task"),
+        ({"task": "text-classification", "recipe": "finetune"}, "needs base_model"),
+        ({"task": "text-classification", "base_model": "minilm"}, "applies to recipe"),
+        ({"task": "text-classification", "recipe": "finetune", "base_model": "Bad_Name"}, "base"),
+    ],
+)
+def test_parse_job_json_recipe_must_fit_the_task(doc: dict, message: str) -> None:
+    with pytest.raises(InvalidJobSpec, match=message):
+        parse_job_json(json.dumps(doc).encode())
+
+
+def test_pretrained_job_json_is_an_import_of_an_embedding_model_by_default() -> None:
+    spec = parse_job_json(b"{}", pretrained=True)
+    assert (spec.task, spec.effective_recipe) == ("embedding", "import")
+    seq = parse_job_json(b'{"task": "text-classification"}', pretrained=True)
+    assert seq.effective_recipe == "import"
+    with pytest.raises(InvalidJobSpec, match="is imported"):
+        parse_job_json(b'{"task": "text-classification", "recipe": "ngram"}', pretrained=True)
+    with pytest.raises(InvalidJobSpec, match="does not apply"):
+        parse_job_json(b'{"task": "classification"}', pretrained=True)
 
 
 @pytest.mark.parametrize("raw", [b"[]", b'"classification"', b"42", b"null", b"true"])

@@ -27,6 +27,7 @@ FUNCTIONS = {
     "IngestFunction": "ingest",
     "OptimizeFunction": "optimize",
     "InferenceFunction": "inference",
+    "AdminFunction": "admin",
 }
 OIP_ROUTES = {
     ("GET", "/v2"),
@@ -38,6 +39,21 @@ OIP_ROUTES = {
     ("GET", "/v2/models/{model}/versions/{version}"),
     ("GET", "/v2/models/{model}/versions/{version}/ready"),
     ("POST", "/v2/models/{model}/versions/{version}/infer"),
+}
+ADMIN_ROUTES = {
+    ("GET", "/admin/models"),
+    ("GET", "/admin/models/{model}/versions"),
+    ("GET", "/admin/models/{model}/audit"),
+    ("POST", "/admin/models/{model}/promote"),
+    ("POST", "/admin/models/{model}/canary"),
+    ("POST", "/admin/models/{model}/rollback"),
+}
+INFERENCE_SECURITY = {
+    "Fn::If": [
+        "InferenceIamAuth",
+        [{"AWS_IAM": []}],
+        {"Fn::If": ["InferenceJwtAuth", [{"JWT": []}], {"Ref": "AWS::NoValue"}]},
+    ]
 }
 # Actions AWS gives no resource-level permissions for: the only ones allowed on Resource "*".
 STAR_RESOURCE_ACTIONS = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
@@ -147,6 +163,7 @@ def test_template_is_sam(tpl: dict[str, Any]) -> None:
         ("IngestFunction", "AWS::Serverless::Function"),
         ("OptimizeFunction", "AWS::Serverless::Function"),
         ("InferenceFunction", "AWS::Serverless::Function"),
+        ("AdminFunction", "AWS::Serverless::Function"),
         ("InferenceApi", "AWS::Serverless::HttpApi"),
         ("InferenceApiAccessLogs", "AWS::Logs::LogGroup"),
     ],
@@ -167,7 +184,9 @@ def test_parameters(tpl: dict[str, Any]) -> None:
     assert int(p["InferenceMemory"]["Default"]) == 1769
     assert int(p["AliasTtlSeconds"]["Default"]) == 10
     assert p["InferenceAuth"]["Default"] == "NONE"
-    assert set(p["InferenceAuth"]["AllowedValues"]) == {"NONE", "AWS_IAM"}
+    assert set(p["InferenceAuth"]["AllowedValues"]) == {"NONE", "AWS_IAM", "JWT"}
+    assert p["JwtIssuer"]["Default"] == p["JwtAudience"]["Default"] == ""
+    assert int(p["MaxBatchSize"]["Default"]) == 1024
     assert "LogLevel" in p
     assert "TrainingImage" in p
 
@@ -399,9 +418,9 @@ def test_optimize_function(res: dict[str, Any]) -> None:
     }
 
 
-def _routes(res: dict[str, Any]) -> set[tuple[str, str]]:
+def _routes(res: dict[str, Any], function: str = "InferenceFunction") -> set[tuple[str, str]]:
     routes = set()
-    for event in props(res, "InferenceFunction")["Events"].values():
+    for event in props(res, function)["Events"].values():
         assert event["Type"] == "HttpApi"
         assert event["Properties"]["ApiId"] == {"Ref": "InferenceApi"}
         routes.add((event["Properties"]["Method"].upper(), event["Properties"]["Path"]))
@@ -413,13 +432,18 @@ def test_inference_routes_are_exactly_oip(res: dict[str, Any]) -> None:
     assert len(props(res, "InferenceFunction")["Events"]) == len(OIP_ROUTES)
 
 
+def test_admin_routes_are_exactly_management(res: dict[str, Any]) -> None:
+    assert _routes(res, "AdminFunction") == ADMIN_ROUTES
+    assert len(props(res, "AdminFunction")["Events"]) == len(ADMIN_ROUTES)
+
+
 def test_inference_function(tpl: dict[str, Any], res: dict[str, Any]) -> None:
     p = props(res, "InferenceFunction")
     assert p["MemorySize"] == {"Ref": "InferenceMemory"}
     assert p["Timeout"] == 30
-    assert function_environment(tpl, "InferenceFunction")["ALIAS_TTL_S"] == {
-        "Ref": "AliasTtlSeconds"
-    }
+    env = function_environment(tpl, "InferenceFunction")
+    assert env["ALIAS_TTL_S"] == {"Ref": "AliasTtlSeconds"}
+    assert env["MAX_BATCH_SIZE"] == {"Ref": "MaxBatchSize"}
 
 
 def test_inference_api(res: dict[str, Any]) -> None:
@@ -436,14 +460,55 @@ def test_inference_api(res: dict[str, Any]) -> None:
         for path, methods in api["DefinitionBody"]["paths"].items()
         for method in methods
     }
-    assert body_routes == _routes(res)
-    for methods in api["DefinitionBody"]["paths"].values():
+    assert body_routes == _routes(res) | _routes(res, "AdminFunction")
+    for path, methods in api["DefinitionBody"]["paths"].items():
         for op in methods.values():
-            assert op["security"] == {
-                "Fn::If": ["InferenceIamAuth", [{"AWS_IAM": []}], {"Ref": "AWS::NoValue"}]
-            }
-    scheme = api["DefinitionBody"]["components"]["securitySchemes"]["AWS_IAM"]
-    assert scheme["x-amazon-apigateway-authtype"] == "awsSigv4"
+            if path.startswith("/admin/"):
+                # Management is IAM-only whatever InferenceAuth says.
+                assert op["security"] == [{"AWS_IAM": []}], path
+            else:
+                assert op["security"] == INFERENCE_SECURITY, path
+    schemes = api["DefinitionBody"]["components"]["securitySchemes"]
+    assert schemes["AWS_IAM"]["x-amazon-apigateway-authtype"] == "awsSigv4"
+    when, jwt, absent = schemes["JWT"]["Fn::If"]
+    assert when == "InferenceJwtAuth" and absent == {"Ref": "AWS::NoValue"}
+    authorizer = jwt["x-amazon-apigateway-authorizer"]
+    assert jwt["type"] == "oauth2" and authorizer["type"] == "jwt"
+    assert authorizer["identitySource"] == "$request.header.Authorization"
+    assert authorizer["jwtConfiguration"] == {
+        "issuer": {"Ref": "JwtIssuer"},
+        "audience": [{"Ref": "JwtAudience"}],
+    }
+
+
+def test_inference_auth_choices_give_each_route_its_security(tpl: dict[str, Any]) -> None:
+    """NONE leaves inference open, AWS_IAM and JWT protect it; /admin is IAM in all three."""
+    paths = props(tpl["Resources"], "InferenceApi")["DefinitionBody"]["paths"]
+    expected = {"NONE": None, "AWS_IAM": [{"AWS_IAM": []}], "JWT": [{"JWT": []}]}
+    for choice, security in expected.items():
+        for path, methods in paths.items():
+            for op in methods.values():
+                got = evaluate(tpl, op["security"], {"InferenceAuth": choice})
+                want = [{"AWS_IAM": []}] if path.startswith("/admin/") else security
+                assert got == (want if want is not None else "<AWS::NoValue>"), (choice, path)
+
+
+def test_jwt_auth_requires_issuer_and_audience(tpl: dict[str, Any]) -> None:
+    rule = tpl["Rules"]["JwtNeedsIssuerAndAudience"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "InferenceAuth"}, "JWT"]}
+    asserted = {a["Assert"]["Fn::Not"][0]["Fn::Equals"][0]["Ref"] for a in rule["Assertions"]}
+    assert asserted == {"JwtIssuer", "JwtAudience"}
+
+
+def test_admin_function_writes_only_the_registry(tpl: dict[str, Any], res: dict[str, Any]) -> None:
+    p = props(res, "AdminFunction")
+    assert p["CodeUri"] == "functions/admin/"
+    assert {"Ref": "RuntimeLayer"} not in (p.get("Layers") or [])  # no numpy, no onnxruntime
+    statements = [s for owner, s in policy_statements(tpl) if owner == "AdminFunction"]
+    actions = {a for s in statements for a in as_list(s["Action"])}
+    assert actions == {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:PutItem"}
+    for s in statements:
+        assert as_list(s["Resource"]) == [{"Fn::GetAtt": ["RegistryTable", "Arn"]}]
 
 
 def test_environment_matches_config() -> None:
@@ -603,6 +668,35 @@ def test_http_events_match_a_route(res: dict[str, Any], name: str) -> None:
         (tensor,) = body["inputs"]
         assert tensor["datatype"] == "FP32"
         assert len(tensor["data"]) == tensor["shape"][0] * tensor["shape"][1] == 64
+
+
+@pytest.mark.parametrize(
+    ("name", "function"),
+    [
+        ("http-post-infer-binary.json", "InferenceFunction"),
+        ("http-post-admin-promote.json", "AdminFunction"),
+    ],
+)
+def test_binary_and_admin_events_match_a_route(
+    res: dict[str, Any], name: str, function: str
+) -> None:
+    event = _event(name)
+    method, path = event["routeKey"].split(" ", 1)
+    assert (method, path) in _routes(res, function)
+    assert event["requestContext"]["routeKey"] == event["routeKey"]
+    filled = path.replace("{model}", event["pathParameters"]["model"])
+    assert filled == event["rawPath"] == event["requestContext"]["http"]["path"]
+    if function == "AdminFunction":
+        assert event["requestContext"]["authorizer"]["iam"]["userArn"].startswith("arn:aws:iam::")
+        assert json.loads(event["body"])["version"] == 2
+    else:
+        import base64
+
+        assert event["isBase64Encoded"] is True
+        body = base64.b64decode(event["body"])
+        length = int(event["headers"]["inference-header-content-length"])
+        (tensor,) = json.loads(body[:length])["inputs"]
+        assert tensor["parameters"]["binary_data_size"] == len(body) - length == 64 * 4
 
 
 @pytest.mark.parametrize(

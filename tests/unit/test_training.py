@@ -153,6 +153,7 @@ def test_digits_trains_to_contract(digits_job: Job) -> None:
         artifacts.METRICS_FILE,
         artifacts.LABELS_FILE,
         artifacts.SCHEMA_FILE,
+        artifacts.PLOT_FILE,
     }
     assert {p.name for p in model_dir.iterdir()} == expected
     assert not (base / "output" / "failure").exists()
@@ -269,15 +270,107 @@ def test_sm_variables_win_over_base(tmp_path: Path) -> None:
     assert not (base / "output" / "failure").exists()
 
 
+def _ddp_env() -> dict[str, str]:
+    """Two ranks on this CPU host: SM_NUM_GPUS=2 makes the job relaunch itself under torchrun."""
+    from maas_local.stack import free_port
+
+    return {
+        "SM_NUM_GPUS": "2",
+        "SM_HOSTS": '["algo-1"]',
+        "SM_CURRENT_HOST": "algo-1",
+        "MAAS_MASTER_PORT": str(free_port()),
+        "MAAS_ONNX_EXPORTER": "torchscript",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("MAAS_TEST_DDP"), reason="set MAAS_TEST_DDP=1 (~20 s)")
+@pytest.mark.timeout(120)
 def test_data_parallel_on_cpu_via_torchrun(tmp_path: Path) -> None:
     """SM_NUM_GPUS=2 on a CPU host: relaunch under torchrun, 2 gloo ranks, rank 0 writes."""
     _setup(tmp_path, {"data.csv": _blobs()}, {"label": "species", "epochs": 10})
-    proc = _run(tmp_path, SM_NUM_GPUS="2", SM_HOSTS='["algo-1"]', SM_CURRENT_HOST="algo-1")
+    proc = _run(tmp_path, **_ddp_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "launching data-parallel training" in proc.stdout
+    assert "rank 1/2" in proc.stdout and "gloo" in proc.stdout
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["world_size"] == 2
+    assert metrics["test_accuracy"] >= 0.9
+    assert (tmp_path / "model" / "training.png").is_file()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below pid (torchrun starts its workers in sessions of their own, so
+    killing the job's process group would leave them running)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="walks /proc to kill the job")
+def test_data_parallel_job_killed_mid_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """A spot interruption: the whole job (torchrun and both ranks) dies at once after a few
+    epochs; SageMaker restarts it with /opt/ml/checkpoints restored, and it carries on."""
+    import contextlib
+    import signal
+    import time
+
+    _setup(
+        tmp_path,
+        {"data.csv": _blobs(20_000, seed=1)},
+        {"label": "species", "recipe": "mlp", "epochs": 30, "patience": 100},
+    )
+    env = _env(tmp_path, **_ddp_env())
+    # GIVEN a two-rank job that is killed (SIGKILL, no clean-up) once epoch 3 is logged
+    with (tmp_path / "first.stdout").open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(TRAIN_PY)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while "epoch=3 " not in (tmp_path / "first.stdout").read_text():
+            assert proc.poll() is None, (tmp_path / "first.stdout").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the job never reached epoch 3"
+            time.sleep(0.05)
+        # The machine goes away: the entry point, torchrun and both ranks die at once.
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.5)
+    first = (tmp_path / "first.stdout").read_text()
+    assert "epoch=30 " not in first
+    assert (tmp_path / "checkpoints" / "checkpoint-h2.pt").is_file()
+    assert not (tmp_path / "model" / "metrics.json").exists()
+    # WHEN the same job starts again on the same /opt/ml
+    second = _run(tmp_path, **_ddp_env())
+    # THEN it resumes after the last checkpointed epoch instead of starting over
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from checkpoint at epoch" in second.stdout, second.stdout[:3000]
+    assert (tmp_path / "first.stdout").read_text() == first  # nothing of run 1 lived on
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert metrics["resumed_from_epoch"] >= 3
+    assert metrics["epochs_run"] == 30
+    assert "epoch=1 " not in second.stdout
+    # the history spans both runs: every epoch once
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, 31))
 
 
 # --- pieces (in process, fast) ------------------------------------------------------------
@@ -305,7 +398,12 @@ def test_hyperparameters_decode_like_sagemaker() -> None:
     with pytest.raises(TrainingError, match="test_fraction"):
         parse_hyperparameters({"test_fraction": "0.7"})
     with pytest.raises(TrainingError, match="not supported"):
-        parse_hyperparameters({"task": '"embedding"'})
+        parse_hyperparameters({"task": '"regression"'})
+    with pytest.raises(TrainingError, match="not known for task embedding"):
+        parse_hyperparameters({"task": '"embedding"', "recipe": '"ngram"'})
+    text = parse_hyperparameters({"task": '"text-classification"'})
+    assert (text.recipe, text.epochs, text.patience) == ("ngram", 30, 3)  # the recipe's defaults
+    assert parse_hyperparameters({"task": '"text-classification"', "epochs": "7"}).epochs == 7
 
 
 def test_labels_sort_numerically_when_integral() -> None:

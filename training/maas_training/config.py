@@ -28,6 +28,7 @@ class Paths:
     base: Path
     model_dir: Path
     train_channel: Path
+    base_channel: Path  # "base": the pretrained encoder a finetune recipe starts from
     input_config_dir: Path
     output_dir: Path
     output_data_dir: Path
@@ -49,6 +50,7 @@ class Paths:
             base=base,
             model_dir=_env_path("SM_MODEL_DIR", base / "model"),
             train_channel=_env_path("SM_CHANNEL_TRAIN", base / "input" / "data" / "train"),
+            base_channel=_env_path("SM_CHANNEL_BASE", base / "input" / "data" / "base"),
             input_config_dir=_env_path("SM_INPUT_CONFIG_DIR", base / "input" / "config"),
             output_dir=output_dir,
             output_data_dir=_env_path("SM_OUTPUT_DATA_DIR", output_dir / "data"),
@@ -91,10 +93,43 @@ class Cluster:
 
 # --- hyperparameters ----------------------------------------------------------------------
 
-SUPPORTED_TASKS = ("classification",)
-# "auto": pick the MLP depth (0, 1 or hidden_layers) by validation loss, then refit the winner
-# on train + validation for the epochs it needed. "mlp": exactly hidden_layers, early-stopped.
-SUPPORTED_RECIPES = ("auto", "mlp")
+# task -> its recipes, the first being the default.
+#   classification       "auto": pick the MLP depth (0, 1 or hidden_layers) by validation loss,
+#                        then refit the winner on train + validation; "mlp": exactly
+#                        hidden_layers, early-stopped.
+#   text-classification  "ngram": hashed word + character n-grams into an embedding bag
+#                        (fastText-style); "finetune": a pretrained encoder (channel "base")
+#                        with a classification head; "import": a Hugging Face
+#                        sequence-classification folder exported as it is.
+#   embedding            "import": a Hugging Face / sentence-transformers folder exported with
+#                        its pooling and normalisation.
+RECIPES: dict[str, tuple[str, ...]] = {
+    "classification": ("auto", "mlp"),
+    "text-classification": ("ngram", "finetune", "import"),
+    "embedding": ("import",),
+}
+SUPPORTED_TASKS = tuple(RECIPES)
+SUPPORTED_RECIPES = tuple(dict.fromkeys(r for rs in RECIPES.values() for r in rs))
+# Defaults that differ by recipe, applied to the keys a job does not set (the same table as
+# maas.jobspec.RECIPE_DEFAULTS).
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ngram": {
+        "epochs": 30,
+        "learning_rate": 1e-2,
+        "weight_decay": 0.0,
+        "patience": 3,
+        "dropout": 0.0,
+        "batch_size": 128,
+    },
+    "finetune": {
+        "epochs": 4,
+        "learning_rate": 5e-5,
+        "weight_decay": 0.01,
+        "patience": 2,
+        "batch_size": 32,
+        "dropout": 0.1,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -104,7 +139,7 @@ class Hyperparameters:
     task: str = "classification"
     label: str = "label"
     text: str = "text"
-    recipe: str = "auto"
+    recipe: str = ""  # "" = the task's default recipe
     epochs: int = 200
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -116,6 +151,10 @@ class Hyperparameters:
     seed: int = 0
     validation_fraction: float = 0.15
     test_fraction: float = 0.15
+    # Text recipes: embedding width and hash buckets (ngram), tokens per text (finetune/import).
+    embedding_dim: int = 64
+    buckets: int = 1 << 16
+    max_length: int = 128
     ignored: tuple[str, ...] = field(default=(), compare=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -137,6 +176,9 @@ _NUMERIC: dict[str, tuple[type, float, float, bool, bool]] = {
     "seed": (int, 0, 2**31 - 1, True, True),
     "validation_fraction": (float, 0.0, 0.5, False, False),
     "test_fraction": (float, 0.0, 0.5, False, False),
+    "embedding_dim": (int, 1, 4096, True, True),
+    "buckets": (int, 2, 1 << 24, True, True),
+    "max_length": (int, 2, 8192, True, True),
 }
 _STRINGS = ("task", "label", "text", "recipe")
 
@@ -191,17 +233,21 @@ def parse_hyperparameters(raw: dict[str, Any]) -> Hyperparameters:
             ignored.append(key)
     if ignored:
         log.info(f"ignoring unknown hyperparameters: {', '.join(sorted(ignored))}")
-    hp = Hyperparameters(**values, ignored=tuple(sorted(ignored)))
-    if hp.task not in SUPPORTED_TASKS:
+    task = values.get("task", "classification")
+    if task not in RECIPES:
         raise TrainingError(
-            f"task {hp.task!r} is not supported by this training job; "
+            f"task {task!r} is not supported by this training job; "
             f"supported: {', '.join(SUPPORTED_TASKS)}"
         )
-    if hp.recipe not in SUPPORTED_RECIPES:
+    recipe = values.get("recipe") or RECIPES[task][0]
+    if recipe not in RECIPES[task]:
         raise TrainingError(
-            f"recipe {hp.recipe!r} is not known for task {hp.task}; "
-            f"known: {', '.join(SUPPORTED_RECIPES)}"
+            f"recipe {recipe!r} is not known for task {task}; known: {', '.join(RECIPES[task])}"
         )
+    values["recipe"] = recipe
+    for key, default in RECIPE_DEFAULTS.get(recipe, {}).items():
+        values.setdefault(key, default)
+    hp = Hyperparameters(**values, ignored=tuple(sorted(ignored)))
     if not hp.label:
         raise TrainingError("hyperparameter label (the label column) must not be empty")
     if hp.validation_fraction + hp.test_fraction >= 0.9:

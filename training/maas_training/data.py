@@ -265,3 +265,67 @@ def split_indices(
         test=np.sort(np.concatenate(test_idx)),
         stratified=True,
     )
+
+
+# --- text ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    texts: list[str]
+    targets: np.ndarray  # int64 [n], index into class_names
+    class_names: list[str]
+    text_column: str
+    label_column: str
+    files: list[str]
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for t in self.texts:
+            h.update(t.encode("utf-8", "surrogatepass") + b"\x00")
+        h.update(np.ascontiguousarray(self.targets).tobytes())
+        h.update("\x00".join(self.class_names).encode())
+        return h.hexdigest()
+
+
+def load_text_dataset(channel: Path, text: str, label: str) -> TextDataset:
+    """A text column and a label column (CSV, JSONL or Parquet); other columns are ignored."""
+    frame, files = read_frame(channel)
+    columns = list(frame.columns)
+    for role, name, key in (("text", text, "text"), ("label", label, "label")):
+        if name not in columns:
+            raise TrainingError(
+                f"{role} column {name!r} not found; columns: {_short_list(columns)}"
+                f" (set it with the {key!r} key in job.json)"
+            )
+    if text == label:
+        raise TrainingError(f"the text and label columns are the same column {text!r}")
+    n = len(frame)
+    if n < MIN_ROWS:
+        raise TrainingError(f"too few rows to train: {n} (need at least {MIN_ROWS})")
+    values = frame[text].to_list()
+    empty = [i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()]
+    if empty:
+        raise TrainingError(
+            f"{len(empty)} rows have an empty or non-text value in the text column {text!r}"
+            f" (first at row {empty[0] + 1})"
+        )
+    targets, class_names = encode_labels(frame[label])
+    if len(class_names) < 2:
+        raise TrainingError(
+            f"label column {label!r} has {len(class_names)} distinct value(s); "
+            "classification needs at least 2 classes"
+        )
+    counts = np.bincount(targets, minlength=len(class_names))
+    log.info(
+        f"text dataset: {n} rows, {len(class_names)} classes (smallest class "
+        f"{int(counts.min())} rows) from {len(files)} file(s)"
+    )
+    return TextDataset(
+        texts=[str(v) for v in values],
+        targets=targets,
+        class_names=class_names,
+        text_column=text,
+        label_column=label,
+        files=files,
+    )

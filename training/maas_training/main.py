@@ -102,6 +102,10 @@ def relaunch(cluster: Cluster, script: Path, paths: Paths) -> int:
 
 
 def run(paths: Paths, hp: Hyperparameters) -> dict[str, Any]:
+    if hp.task != "classification":
+        from maas_training.textjobs import run as run_text
+
+        return run_text(paths, hp)
     t_start = time.perf_counter()
     from maas_training.data import load_dataset, split_indices
 
@@ -288,6 +292,19 @@ def run(paths: Paths, hp: Hyperparameters) -> dict[str, Any]:
             "data_files": dataset.files,
             "hyperparameters": hp.as_dict(),
         }
+        from maas_training.plots import PLOT_FILE, write_training_plot
+
+        with torch.no_grad():
+            predicted = model(torch.from_numpy(x_te)).argmax(dim=1).numpy()
+        write_training_plot(
+            model_dir / PLOT_FILE,
+            result.history,
+            y_te,
+            predicted,
+            dataset.class_names,
+            f"{hp.task} / {hp.recipe} (hidden_layers={depth}): test accuracy {test_accuracy:.3f}",
+        )
+        metrics["history"] = result.history
         _write_json(model_dir / METRICS_FILE, metrics)
         try:
             paths.output_data_dir.mkdir(parents=True, exist_ok=True)
@@ -324,7 +341,8 @@ def main(script: Path | None = None) -> int:
         log.info(f"training job on {socket.gethostname()}; model dir {paths.model_dir}")
         hp = load_hyperparameters(paths)
         cluster = Cluster.from_env()
-        if script is not None and needs_torchrun(cluster):
+        # An import exports a model; there is nothing to train in parallel.
+        if script is not None and hp.recipe != "import" and needs_torchrun(cluster):
             return relaunch(cluster, script, paths)
         run(paths, hp)
         return 0

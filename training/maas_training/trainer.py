@@ -6,7 +6,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,8 @@ class TrainResult:
     stopped_early: bool
     resumed_from_epoch: int
     seconds: float
+    # One entry per epoch run (resumed epochs included): epoch, train_loss, val_loss, val_accuracy.
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -193,6 +195,7 @@ def train(
     ctx: DistContext,
     checkpointer: Checkpointer | None,
     keep_last: bool = False,
+    eval_batch: int = 8192,
 ) -> TrainResult:
     """Train with early stopping on validation loss; restores the best epoch's weights.
 
@@ -209,6 +212,7 @@ def train(
     best_val_loss, best_val_acc, best_epoch, bad_epochs = math.inf, 0.0, 0, 0
     best_state = _state_to_cpu(model.state_dict())
     start_epoch, stopped = 1, False
+    history: list[dict[str, float]] = []
 
     # Resume (managed spot): every rank must agree, or nobody resumes.
     state = checkpointer.load() if checkpointer else None
@@ -226,6 +230,7 @@ def train(
         best_epoch = int(state["best_epoch"])
         bad_epochs = int(state["bad_epochs"])
         stopped = bool(state["stopped"])
+        history = [dict(h) for h in state.get("history", [])]
         start_epoch = int(state["epoch"]) + 1
         log.info(f"resuming from checkpoint at epoch {start_epoch - 1} (best epoch {best_epoch})")
     resumed_from = start_epoch - 1
@@ -279,7 +284,7 @@ def train(
             dist.all_reduce(t)
             train_loss = float(t[0] / t[1])
 
-        val_loss, val_acc = evaluate(model, xv, yv)
+        val_loss, val_acc = evaluate(model, xv, yv, eval_batch)
         if not math.isfinite(train_loss) or not math.isfinite(val_loss):
             from maas_training.errors import TrainingError
 
@@ -295,6 +300,14 @@ def train(
         else:
             bad_epochs += 1
         stopped = bad_epochs >= patience
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+            }
+        )
         if ctx.is_main:
             log.metric_line(
                 epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc
@@ -311,6 +324,7 @@ def train(
                     "best_epoch": best_epoch,
                     "bad_epochs": bad_epochs,
                     "stopped": stopped,
+                    "history": history,
                 }
             )
         if stopped:
@@ -329,4 +343,5 @@ def train(
         stopped_early=stopped,
         resumed_from_epoch=resumed_from,
         seconds=time.perf_counter() - t0,
+        history=history,
     )

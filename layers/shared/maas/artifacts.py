@@ -12,7 +12,15 @@ model dir:
   calibration.npz   same layout, a slice of the training split (static quantization calibration).
   metrics.json      training metrics (fp32 test accuracy, epochs, device, timings, ...).
   labels.json       class names, index-aligned with "probabilities".
-  schema.json       task, feature names, label column, onnx input/output names.
+  schema.json       task, feature names, label column, onnx input/output names. Text models:
+                    "inputs" is the OIP input (BYTES "text" [-1]); "graph_inputs" the graph's.
+  training.png      training/validation curves and the test confusion matrix (optional).
+  text.json         text models: the encoder spec (maas/textprep.py) that turns the BYTES
+                    input into the graph's inputs, in training and in serving alike.
+  tokenizer.json    text models built on a Hugging Face tokenizer.
+
+Served version (models/<model>/<version>/): model.onnx, manifest.json, and for text models
+text.json (+ tokenizer.json), each sha256-listed in the manifest; training.png when present.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ METRICS_FILE = "metrics.json"
 LABELS_FILE = "labels.json"
 SCHEMA_FILE = "schema.json"
 MANIFEST_FILE = "manifest.json"
+PLOT_FILE = "training.png"
+TEXT_SPEC_FILE = "text.json"
+TOKENIZER_FILE = "tokenizer.json"
 INPUT_PREFIX = "input__"
 TARGET_KEY = "target"
 

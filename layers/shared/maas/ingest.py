@@ -12,7 +12,7 @@ from aws_lambda_powertools import Logger
 from .jobs import TrainingBackend, TrainingRequest
 from .jobspec import InvalidJobSpec, JobSpec, parse_job_json, parse_object_metadata
 from .names import job_name
-from .registry import FAILED, TRAINING, Conflict, Registry
+from .registry import FAILED, PROD, TRAINING, Conflict, NotFound, Registry
 from .storage import ObjectMissing, Storage
 from .uploads import Ignored, RejectedUpload, Upload, classify, decode_key
 
@@ -83,9 +83,10 @@ class Ingest:
                 raw = self.storage.get_bytes(
                     upload.bucket, upload.key, version_id=info.version_id, max_bytes=64 * 1024
                 )
-                spec = parse_job_json(raw)
+                spec = parse_job_json(raw, pretrained=upload.area == "pretrained")
             else:
                 spec = parse_object_metadata(info.metadata)
+            channels = self._extra_channels(spec)
         except (InvalidJobSpec, ValueError) as e:
             return self._reject(upload.key, str(e), upload.model, record, identity=info.identity)
 
@@ -100,7 +101,12 @@ class Ingest:
                 upload.key, "duplicate", "job already started", upload.model, claim.version, name
             )
         request = TrainingRequest(
-            name, upload.model, claim.version, f"s3://{upload.bucket}/{upload.data_prefix}", spec
+            name,
+            upload.model,
+            claim.version,
+            f"s3://{upload.bucket}/{upload.data_prefix}",
+            spec,
+            channels,
         )
         # The spec first: once the job is marked started, a redelivery stops at "duplicate",
         # so a spec not yet recorded would be lost and the optimizer would use defaults.
@@ -111,6 +117,26 @@ class Ingest:
             "training started", extra={"job": name, "model": upload.model, "version": claim.version}
         )
         return Outcome(upload.key, "started", "", upload.model, claim.version, name)
+
+    def _extra_channels(self, spec: JobSpec) -> dict[str, str]:
+        """finetune: channel "base" is the pretrained folder base_model's prod was imported from."""
+        if not spec.base_model:
+            return {}
+        base = spec.base_model
+        alias = self.registry.get_alias(base, PROD)
+        if alias is None:
+            raise InvalidJobSpec(f"base_model {base!r} has no version promoted to {PROD!r}")
+        try:
+            source = self.registry.get_version(base, alias.version).source
+        except NotFound:
+            raise InvalidJobSpec(f"base_model {base!r} v{alias.version} is not found") from None
+        folder = source.rsplit("/", 1)[0] + "/"
+        if not folder.startswith("s3://") or "/pretrained/" not in folder:
+            raise InvalidJobSpec(
+                f"base_model {base!r} v{alias.version} was not imported from pretrained/ "
+                f"(its source is {source}); finetune starts from an imported pretrained model"
+            )
+        return {"base": folder}
 
     def _record_spec(self, model: str, version: int, spec: JobSpec) -> None:
         self.registry.update_summary(model, version, {"spec": spec.model_dump()})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import boto3
@@ -15,9 +15,19 @@ from .jobspec import JobSpec
 TRAINING_OUTPUT_PREFIX = "training-output/"
 CHECKPOINT_PREFIX = "checkpoints/"
 # name=value lines the training entry point prints; SageMaker scrapes them into CloudWatch.
+METRIC_NAMES = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "test_accuracy",
+    "test_loss",
+    "onnx_cosine_mean",
+)
 METRIC_DEFINITIONS = [
-    {"Name": name, "Regex": rf"{name}=([-+0-9.eE]+|nan|inf)"}
-    for name in ("train_loss", "val_loss", "val_accuracy", "test_accuracy")
+    # "(?:^| )": whole names only (test_loss must not match inside another name).
+    {"Name": name, "Regex": rf"(?:^| ){name}=([-+0-9.eE]+|nan|inf)"}
+    for name in METRIC_NAMES
 ]
 
 
@@ -28,6 +38,8 @@ class TrainingRequest:
     version: int
     data_uri: str
     spec: JobSpec
+    # More channels beside "train" (name -> S3 prefix): "base" for a finetune's encoder.
+    channels: dict[str, str] = field(default_factory=dict)
 
     def to_create_training_job(self, settings: Settings) -> dict[str, Any]:
         """The CreateTrainingJob request for the AWS PyTorch image in script mode."""
@@ -55,16 +67,17 @@ class TrainingRequest:
             "HyperParameters": hyper,
             "InputDataConfig": [
                 {
-                    "ChannelName": "train",
+                    "ChannelName": channel,
                     "DataSource": {
                         "S3DataSource": {
                             "S3DataType": "S3Prefix",
-                            "S3Uri": self.data_uri,
+                            "S3Uri": uri,
                             "S3DataDistributionType": "FullyReplicated",
                         }
                     },
                     "InputMode": "File",
                 }
+                for channel, uri in {"train": self.data_uri, **self.channels}.items()
             ],
             "OutputDataConfig": {"S3OutputPath": f"s3://{artifacts}/{TRAINING_OUTPUT_PREFIX}"},
             "ResourceConfig": {

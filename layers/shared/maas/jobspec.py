@@ -8,9 +8,38 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .names import MODEL_NAME_RE
 
 Task = Literal["classification", "text-classification", "embedding"]
+Recipe = Literal["auto", "mlp", "ngram", "finetune", "import"]
+# task -> its recipes, the default first (the training job keeps the same table).
+RECIPES: dict[str, tuple[str, ...]] = {
+    "classification": ("auto", "mlp"),
+    "text-classification": ("ngram", "finetune", "import"),
+    "embedding": ("import",),
+}
+# Recipe defaults for the hyperparameters a job does not set (a transformer fine-tune wants a
+# few epochs at a small learning rate, not the tabular 200 at 1e-3).
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ngram": {
+        "epochs": 30,
+        "learning_rate": 1e-2,
+        "weight_decay": 0.0,
+        "patience": 3,
+        "dropout": 0.0,
+        "batch_size": 128,
+    },
+    "finetune": {
+        "epochs": 4,
+        "learning_rate": 5e-5,
+        "weight_decay": 0.01,
+        "patience": 2,
+        "batch_size": 32,
+        "dropout": 0.1,
+    },
+}
 
 COLUMN_RE = r"^[^\x00-\x1f]{1,128}$"
 
@@ -35,6 +64,11 @@ class Hyperparameters(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    # Text recipes (unset: the training job's defaults): ngram embedding width and hash buckets,
+    # tokens per text for finetune.
+    embedding_dim: int | None = Field(default=None, ge=1, le=4096)
+    buckets: int | None = Field(default=None, ge=2, le=1 << 24)
+    max_length: int | None = Field(default=None, ge=2, le=8192)
 
 
 class QualityGate(BaseModel):
@@ -54,8 +88,12 @@ class JobSpec(BaseModel):
     task: Task = "classification"
     label: str = Field(default="label", pattern=COLUMN_RE)
     text: str = Field(default="text", pattern=COLUMN_RE)
-    # Model family within the task: "auto" (depth chosen on validation, then refit) or "mlp".
-    recipe: Literal["auto", "mlp"] | None = None
+    # Model family within the task (RECIPES): classification "auto" (depth chosen on
+    # validation, then refit) or "mlp"; text-classification "ngram" (default), "finetune" (a
+    # pretrained encoder, base_model, with a head) or "import"; embedding "import".
+    recipe: Recipe | None = None
+    # finetune: the model whose pretrained folder (its prod version's upload) is the encoder.
+    base_model: str | None = Field(default=None, pattern=MODEL_NAME_RE.pattern)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     instance_type: str | None = Field(default=None, pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
     instance_count: int | None = Field(default=None, ge=1, le=16)
@@ -64,23 +102,40 @@ class JobSpec(BaseModel):
     auto_promote: bool = True
     quality_gate: QualityGate = Field(default_factory=QualityGate)
 
-    @field_validator("task")
-    @classmethod
-    def _task_supported(cls, v: str) -> str:
-        if v != "classification":
-            raise ValueError(f"task {v!r} is not supported yet; supported: classification")
-        return v
+    @model_validator(mode="after")
+    def _recipe_fits_task(self) -> JobSpec:
+        recipes = RECIPES[self.task]
+        if self.recipe is not None and self.recipe not in recipes:
+            raise ValueError(
+                f"recipe {self.recipe!r} does not apply to task {self.task!r}; "
+                f"choose one of: {', '.join(recipes)}"
+            )
+        if self.effective_recipe == "finetune" and not self.base_model:
+            raise ValueError("recipe 'finetune' needs base_model: the pretrained model to tune")
+        if self.base_model and self.effective_recipe != "finetune":
+            raise ValueError("base_model applies to recipe 'finetune' only")
+        return self
+
+    @property
+    def effective_recipe(self) -> str:
+        return self.recipe or RECIPES[self.task][0]
 
     def hyperparameters_for_sagemaker(self) -> dict[str, str]:
         """SageMaker passes hyperparameters as strings; JSON-encode each, as script mode does."""
-        hp: dict[str, Any] = self.hyperparameters.model_dump()
+        hp: dict[str, Any] = self.hyperparameters.model_dump(exclude_none=True)
+        given = self.hyperparameters.model_fields_set
+        for key, value in RECIPE_DEFAULTS.get(self.effective_recipe, {}).items():
+            if key not in given:
+                hp[key] = value
         hp.update({"task": self.task, "label": self.label, "text": self.text})
         if self.recipe:
             hp["recipe"] = self.recipe
         return {k: json.dumps(v) for k, v in hp.items()}
 
 
-def parse_job_json(raw: bytes) -> JobSpec:
+def parse_job_json(raw: bytes, *, pretrained: bool = False) -> JobSpec:
+    """A run's job.json; `pretrained` for pretrained/<model>/<run>/ (an import, by default of
+    an embedding model)."""
     if len(raw) > 64 * 1024:
         raise InvalidJobSpec("job.json is larger than 64 KiB")
     try:
@@ -89,7 +144,17 @@ def parse_job_json(raw: bytes) -> JobSpec:
         raise InvalidJobSpec(f"job.json is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise InvalidJobSpec("job.json must be a JSON object")
-    return _validate(doc)
+    if not pretrained:
+        return _validate(doc)
+    doc.setdefault("task", "embedding")
+    doc.setdefault("recipe", "import")
+    spec = _validate(doc)
+    if spec.effective_recipe != "import":
+        raise InvalidJobSpec(
+            "a pretrained/ upload is imported: its job.json takes recipe 'import' "
+            "(task 'embedding', or 'text-classification' for a sequence-classification model)"
+        )
+    return spec
 
 
 _META_KEYS = {"task", "label", "text", "recipe", "auto-promote", "instance-type"}

@@ -17,8 +17,11 @@ from .artifacts import (
     MANIFEST_FILE,
     METRICS_FILE,
     MODEL_FILE,
+    PLOT_FILE,
     SAMPLE_FILE,
     SCHEMA_FILE,
+    TEXT_SPEC_FILE,
+    TOKENIZER_FILE,
     model_prefix,
 )
 from .config import Settings
@@ -131,6 +134,8 @@ class Optimizer:
             )
             chosen = selection.chosen
             digest = sha256_file(chosen.path)
+            text = self._text_files(model_dir)
+            plot = model_dir / PLOT_FILE
             manifest = {
                 "model": model,
                 "version": version,
@@ -152,6 +157,15 @@ class Optimizer:
                 "sha256": digest,
                 "quality_gate": spec.quality_gate.model_dump(),
             }
+            if text:
+                # The BYTES input is turned into the graph's inputs by this spec (and file).
+                manifest["text"] = {
+                    "spec": json.loads((model_dir / TEXT_SPEC_FILE).read_text()),
+                    "files": {name: sha256_file(path) for name, path in text.items()},
+                }
+                manifest["graph_inputs"] = schema.get("graph_inputs")
+            if plot.is_file():
+                manifest["plot"] = PLOT_FILE
             served_quality = chosen.quality
             summary = {
                 "spec": spec.model_dump(),
@@ -166,6 +180,9 @@ class Optimizer:
                 f"{model_prefix(model, version)}{MANIFEST_FILE}",
                 "training_job": name,
             }
+            if plot.is_file():
+                prefix_uri = f"s3://{self.settings.artifact_bucket}/{model_prefix(model, version)}"
+                summary["plot"] = prefix_uri + PLOT_FILE
             if fp32_accuracy < spec.quality_gate.min_accuracy:
                 reason = (
                     f"fp32 test accuracy {fp32_accuracy:.4f} is below the gate's "
@@ -187,6 +204,10 @@ class Optimizer:
             self.storage.upload(
                 chosen.path, bucket, prefix + MODEL_FILE, metadata={"sha256": digest}
             )
+            for file_name, path in text.items():
+                self.storage.upload(path, bucket, prefix + file_name)
+            if plot.is_file():
+                self.storage.upload(plot, bucket, prefix + PLOT_FILE)
             self.storage.put_bytes(
                 bucket,
                 prefix + MANIFEST_FILE,
@@ -217,6 +238,21 @@ class Optimizer:
             except Conflict as e:
                 logger.warning("promotion raced; retrying", extra={"why": str(e)})
         return False
+
+    @staticmethod
+    def _text_files(model_dir: Path) -> dict[str, Path]:
+        """text.json and the tokenizer file it names, when the model takes text."""
+        spec_path = model_dir / TEXT_SPEC_FILE
+        if not spec_path.is_file():
+            return {}
+        spec = json.loads(spec_path.read_text())
+        files = {TEXT_SPEC_FILE: spec_path}
+        if spec.get("file"):
+            name = str(spec["file"])
+            if name != TOKENIZER_FILE or not (model_dir / name).is_file():
+                raise ValueError(f"text.json names {name!r}, which the artifact does not hold")
+            files[name] = model_dir / name
+        return files
 
     def _fetch_artifact(self, uri: str, work: Path) -> Path:
         bucket, key = parse_s3_uri(uri)

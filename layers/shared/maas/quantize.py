@@ -14,7 +14,7 @@ Steps (``optimize_model``):
      - ``dynamic-int8-per-channel``      ``quantize_dynamic``, one scale per output channel
      - ``static-qdq-int8-per-channel``   ``quantize_static`` (QDQ, MinMax over calibration.npz),
                                          only when calibration data is given
-   Only MatMul/Gemm are quantized (plus Gather for embedding models), so the label head
+   Only MatMul/Gemm are quantized (plus Gather for text models), so the label head
    (ArgMax + Gather over a string initializer) is left alone. A candidate that fails to
    build, to load, to run, or that changes the graph's input/output names or types is
    recorded with ``error`` and is never chosen.
@@ -386,7 +386,8 @@ def optimize_model(
     else:
         raise ValueError(f"unknown task {task!r}")
     if op_types is None:
-        op_types = CLASSIFICATION_OP_TYPES if kind == "classification" else EMBEDDING_OP_TYPES
+        # Text models keep most of their weights in an embedding table: Gather too.
+        op_types = CLASSIFICATION_OP_TYPES if task == "classification" else EMBEDDING_OP_TYPES
     fp32_path = Path(fp32_path)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

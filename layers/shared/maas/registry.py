@@ -3,7 +3,8 @@
 Rows (pk / sk):
   MODEL#<m> / META              next version counter
   MODEL#<m> / V#<0000000001>    one version: status, job, manifest summary
-  MODEL#<m> / ALIAS#<name>      alias -> version, with the versions it replaced (for rollback)
+  MODEL#<m> / ALIAS#<name>      alias -> version, with the versions it replaced (for rollback),
+                                and an optional canary version with its weight in [0, 1]
   MODEL#<m> / AUDIT#<time>#<id> who changed what, when and why
   JOB#<job> / JOB               idempotency claim for a training job
 Every state change is a conditional write, so concurrent or duplicate events cannot race.
@@ -16,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import boto3
@@ -103,9 +105,13 @@ class Alias:
     updated_at: str = ""
     updated_by: str = ""
     reason: str = ""
+    canary_version: int | None = None
+    canary_weight: float = 0.0
+    revision: int = 0  # bumped by every write: the condition concurrent writers race on
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Alias:
+        canary = item.get("canary_version")
         return cls(
             model=item["model"],
             name=item["alias"],
@@ -114,6 +120,9 @@ class Alias:
             updated_at=item.get("updated_at", ""),
             updated_by=item.get("updated_by", ""),
             reason=item.get("reason", ""),
+            canary_version=None if canary is None else int(canary),
+            canary_weight=float(item.get("canary_weight", 0)) if canary is not None else 0.0,
+            revision=int(item.get("revision", 0)),
         )
 
 
@@ -347,7 +356,11 @@ class Registry:
     def promote(
         self, model: str, version: int, *, actor: str, reason: str, name: str = PROD
     ) -> Alias:
-        """Point the alias at a READY version; conditional on the alias not having moved."""
+        """Point the alias at a READY version; conditional on the alias not having moved.
+
+        A canary of that same version is complete once it is prod, so it is cleared; a canary
+        of another version carries on.
+        """
         record = self.get_version(model, version)
         if record.status != READY:
             raise Conflict(f"{model} v{version} is {record.status}; only READY versions serve")
@@ -355,17 +368,79 @@ class Registry:
         previous = [] if current is None else [*current.previous, current.version]
         if current is not None and current.version == version:
             return current
-        self._write_alias(model, name, version, previous[-_MAX_HISTORY:], current, actor, reason)
+        canary: tuple[int | None, float] = (None, 0.0)
+        if current is not None and current.canary_version not in (None, version):
+            canary = (current.canary_version, current.canary_weight)
+        self._write_alias(
+            model, name, version, previous[-_MAX_HISTORY:], current, actor, reason, canary=canary
+        )
         self.audit(model, actor, f"promote:{name}", f"v{version}: {reason}")
         alias = self.get_alias(model, name)
         assert alias is not None
         return alias
 
+    def set_canary(
+        self,
+        model: str,
+        version: int | None,
+        weight: float,
+        *,
+        actor: str,
+        reason: str,
+        name: str = PROD,
+    ) -> Alias:
+        """Send `weight` (0..1) of the alias's requests to a READY `version`; 0 clears it."""
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"canary weight must be within [0, 1], not {weight}")
+        current = self.get_alias(model, name)
+        if current is None:
+            raise NotFound(f"model {model!r} has no {name!r} alias yet: promote a version first")
+        if weight == 0.0:
+            if current.canary_version is None:
+                return current
+            canary: tuple[int | None, float] = (None, 0.0)
+            detail = f"canary v{current.canary_version} cleared: {reason}"
+        else:
+            if version is None:
+                raise ValueError("a canary with a weight above 0 needs a version")
+            if version == current.version:
+                raise Conflict(f"{model} v{version} is already {name}; a canary must differ")
+            record = self.get_version(model, version)
+            if record.status != READY:
+                raise Conflict(f"{model} v{version} is {record.status}; only READY versions serve")
+            canary = (version, weight)
+            detail = f"v{version} at {weight:.4g} beside v{current.version}: {reason}"
+        self._write_alias(
+            model, name, current.version, current.previous, current, actor, reason, canary=canary
+        )
+        self.audit(model, actor, f"canary:{name}", detail)
+        alias = self.get_alias(model, name)
+        assert alias is not None
+        return alias
+
     def rollback(self, model: str, *, actor: str, reason: str, name: str = PROD) -> Alias:
-        """Point the alias back at the most recent earlier version that is still READY."""
+        """Undo the latest deployment: an active canary first, else the last promotion.
+
+        As a deployment tool's rollback does: during a canary, all traffic returns to the
+        version it was being compared with; otherwise the alias goes back to the most recent
+        earlier version that is still READY.
+        """
         current = self.get_alias(model, name)
         if current is None:
             raise NotFound(f"model {model!r} has no {name!r} alias to roll back")
+        if current.canary_version is not None:
+            self._write_alias(
+                model, name, current.version, current.previous, current, actor, reason
+            )
+            self.audit(
+                model,
+                actor,
+                f"rollback:{name}",
+                f"canary v{current.canary_version} removed, v{current.version} stays: {reason}",
+            )
+            alias = self.get_alias(model, name)
+            assert alias is not None
+            return alias
         previous = list(current.previous)
         while previous:
             candidate = previous.pop()
@@ -394,8 +469,10 @@ class Registry:
         current: Alias | None,
         actor: str,
         reason: str,
+        *,
+        canary: tuple[int | None, float] = (None, 0.0),
     ) -> None:
-        item = {
+        item: dict[str, Any] = {
             "pk": _model_pk(model),
             "sk": f"ALIAS#{name}",
             "model": model,
@@ -405,14 +482,22 @@ class Registry:
             "updated_at": now_iso(),
             "updated_by": actor,
             "reason": reason,
+            "revision": 1 if current is None else current.revision + 1,
         }
+        if canary[0] is not None:
+            item["canary_version"] = canary[0]
+            item["canary_weight"] = Decimal(repr(float(canary[1])))
         if current is None:
             cond: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
         else:
+            # Rows written before revisions existed have none: they match on version + time.
+            revision = "revision = :rev" if current.revision else "attribute_not_exists(revision)"
             cond = {
-                "ConditionExpression": "version = :cur AND updated_at = :ts",
+                "ConditionExpression": f"version = :cur AND updated_at = :ts AND {revision}",
                 "ExpressionAttributeValues": {":cur": current.version, ":ts": current.updated_at},
             }
+            if current.revision:
+                cond["ExpressionAttributeValues"][":rev"] = current.revision
         try:
             self.table.put_item(Item=item, **cond)
         except ClientError as e:

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import random
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .artifacts import MANIFEST_FILE, MODEL_FILE, model_prefix
 from .config import Settings
 from .oip import InferRequest, PayloadTooLarge, ProtocolError, oip_datatype, oip_shape
-from .registry import PROD, READY, NotFound, Registry
+from .registry import PROD, READY, Alias, NotFound, Registry
 from .storage import ObjectMissing, Storage, sha256_file
 
 MB_PER_VCPU = 1769  # Lambda allocates one vCPU per 1769 MB of memory
+log = logging.getLogger(__name__)
 
 
 class ModelNotFound(LookupError):
@@ -55,6 +60,8 @@ class LoadedModel:
     manifest: dict[str, Any]
     inputs: list[TensorMeta]
     outputs: list[TensorMeta]
+    # Text models: the OIP input is BYTES "text"; this turns it into the graph's inputs.
+    preprocess: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
 
     def metadata(self, versions: list[str]) -> dict[str, Any]:
         return {
@@ -105,26 +112,62 @@ class LoadedModel:
         unknown = [n for n in wanted if n not in names]
         if unknown:
             raise ProtocolError(f"unknown output(s) {unknown}; the model has {names}")
+        if self.preprocess is not None:
+            feeds = self.preprocess(feeds)
         results = self.session.run(wanted, feeds)
         return dict(zip(wanted, results, strict=True))
 
 
+@dataclass(frozen=True)
+class Route:
+    """Where unversioned requests go: prod, or the canary for a fraction of them."""
+
+    prod: int
+    canary: int | None = None
+    weight: float = 0.0
+
+    @classmethod
+    def of(cls, alias: Alias) -> Route:
+        if alias.canary_version is None or alias.canary_weight <= 0:
+            return cls(alias.version)
+        return cls(alias.version, alias.canary_version, alias.canary_weight)
+
+    def pick(self, draw: float) -> int:
+        """`draw` uniform in [0, 1): below the weight goes to the canary."""
+        if self.canary is not None and draw < self.weight:
+            return self.canary
+        return self.prod
+
+    @property
+    def versions(self) -> set[int]:
+        return {self.prod} if self.canary is None else {self.prod, self.canary}
+
+
 class ModelStore:
-    """Resolves aliases (with a bounded TTL) and keeps a bounded LRU of loaded sessions."""
+    """Resolves aliases (with a bounded TTL) and keeps a bounded LRU of loaded sessions.
+
+    When a refreshed alias no longer points at a version that only the alias brought in
+    (prod or canary, never asked for by number), its session is dropped at once rather than
+    left to the LRU: a promotion frees the replaced model's memory. Requests already running
+    on it hold their own reference and finish normally.
+    """
 
     def __init__(self, settings: Settings, registry: Registry, storage: Storage) -> None:
         self.settings = settings
         self.registry = registry
         self.storage = storage
-        self._aliases: dict[str, tuple[int, float]] = {}
+        self._aliases: dict[str, tuple[Route, float]] = {}
         self._sessions: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._explicit: set[tuple[str, int]] = set()  # versions requested by number
         self._lock = threading.Lock()
         self._load_locks: dict[tuple[str, int], threading.Lock] = {}
         self.cache_dir = Path(settings.model_cache_dir)
+        self.draw = random.random  # the canary draw; tests replace it
 
     # --- resolution ---------------------------------------------------------------------
 
-    def resolve_version(self, model: str, version: str | None) -> int:
+    def resolve_version(self, model: str, version: str | None, *, canary: bool = False) -> int:
+        """A version number: the one asked for, else prod (or, with `canary`, the draw's)."""
         if version is not None:
             try:
                 number = int(version)
@@ -133,20 +176,68 @@ class ModelStore:
             if number < 1:
                 raise ModelNotFound(f"version {version!r} of model {model!r} not found")
             return number
+        route = self.route(model)
+        return route.pick(self.draw()) if canary else route.prod
+
+    def route(self, model: str) -> Route:
         now = time.monotonic()
         cached = self._aliases.get(model)
         if cached and cached[1] > now:
             return cached[0]
-        alias = self.registry.get_alias(model, PROD)
+        try:
+            alias = self.registry.get_alias(model, PROD)
+        except (ClientError, BotoCoreError):
+            if cached is None:
+                raise
+            # A registry hiccup must not fail requests a warm function can still answer.
+            log.warning("alias refresh for %s failed; serving the last known route", model)
+            self._aliases[model] = (cached[0], now + min(self.settings.alias_ttl_s, 5.0))
+            return cached[0]
         if alias is None:
+            self._aliases.pop(model, None)
+            if cached is not None:
+                self._evict(model, cached[0].versions)
             if not self.registry.list_versions(model):
                 raise ModelNotFound(f"model {model!r} not found")
             raise ModelUnavailable(f"model {model!r} has no version promoted to {PROD!r} yet")
-        self._aliases[model] = (alias.version, now + self.settings.alias_ttl_s)
-        return alias.version
+        route = Route.of(alias)
+        self._aliases[model] = (route, now + self.settings.alias_ttl_s)
+        if cached is not None and cached[0] != route:
+            self._evict(model, cached[0].versions - route.versions)
+        return route
 
-    def get(self, model: str, version: str | None) -> LoadedModel:
-        number = self.resolve_version(model, version)
+    def _evict(self, model: str, versions: set[int]) -> None:
+        """Drop sessions (and their /tmp copies) that only the alias was keeping."""
+        for version in versions:
+            key = (model, version)
+            with self._lock:
+                if key in self._explicit:
+                    continue
+                dropped = self._sessions.pop(key, None)
+                load_lock = self._load_locks.get(key)
+            if dropped is None:
+                continue
+            log.info("evicted %s v%s: no longer prod or canary", model, version)
+            # The file only when no load of it is in flight (a load reads it).
+            if load_lock is None or load_lock.acquire(blocking=False):
+                try:
+                    (self.cache_dir / model / str(version) / MODEL_FILE).unlink(missing_ok=True)
+                finally:
+                    if load_lock is not None:
+                        load_lock.release()
+
+    def loaded_versions(self, model: str) -> list[int]:
+        with self._lock:
+            return sorted(v for m, v in self._sessions if m == model)
+
+    def get(self, model: str, version: str | None, *, canary: bool = False) -> LoadedModel:
+        number = self.resolve_version(model, version, canary=canary)
+        loaded = self._session(model, number)
+        if version is not None:  # asked for by number: the alias moving does not evict it
+            self._explicit.add((model, number))
+        return loaded
+
+    def _session(self, model: str, number: int) -> LoadedModel:
         key = (model, number)
         with self._lock:
             loaded = self._sessions.get(key)
@@ -225,7 +316,26 @@ class ModelStore:
             TensorMeta(o.name, oip_datatype(o.type), oip_shape(o.shape))
             for o in session.get_outputs()
         ]
-        return LoadedModel(model, version, session, manifest, inputs, outputs)
+        preprocess = None
+        if manifest.get("text"):
+            from .textserving import TEXT_INPUT_META, TextFilesUnavailable, load_preprocess
+
+            try:
+                preprocess = load_preprocess(
+                    self.storage,
+                    bucket,
+                    prefix,
+                    manifest,
+                    local.parent / "text",
+                    [i.name for i in inputs],
+                )
+            except (TextFilesUnavailable, ValueError, OSError) as e:
+                raise ModelUnavailable(
+                    f"version {version} of model {model!r} cannot load its text encoder: {e}"
+                ) from None
+            name, datatype, shape = TEXT_INPUT_META
+            inputs = [TensorMeta(name, datatype, list(shape))]
+        return LoadedModel(model, version, session, manifest, inputs, outputs, preprocess)
 
     def _session_options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()

@@ -10,6 +10,8 @@ from .names import InvalidName, check_model_name, check_run_name
 
 DATA_SUFFIXES = (".csv", ".parquet", ".jsonl")
 JOB_FILE = "job.json"
+DATASETS = "datasets"
+PRETRAINED = "pretrained"  # pretrained/<model>/<run>/ (a model folder) + job.json: an import
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class Upload:
     run: str
     # The data channel: the lone file's key, or the run folder's prefix.
     data_prefix: str
+    area: Literal["datasets", "pretrained"] = "datasets"
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,10 @@ def decode_key(raw_key: str) -> str:
 def classify(bucket: str, key: str) -> Upload | Ignored:
     """Map a (decoded) key to the run it starts, or say why it starts none."""
     parts = key.split("/")
-    if parts[0] != "datasets":
-        return Ignored(key, "outside datasets/: not a training upload")
+    if parts[0] == PRETRAINED:
+        return _classify_pretrained(bucket, key, parts)
+    if parts[0] != DATASETS:
+        return Ignored(key, "outside datasets/ and pretrained/: not a training upload")
     if len(parts) < 3 or not parts[-1]:
         return Ignored(key, "folder marker or incomplete key")
     model_raw = parts[1]
@@ -82,3 +87,34 @@ def classify(bucket: str, key: str) -> Upload | Ignored:
             raise RejectedUpload(key, str(e), model) from None
         return Upload("run", bucket, key, model, run, f"datasets/{model}/{run}/")
     return Ignored(key, "nested deeper than datasets/<model>/<run>/<file>")
+
+
+def _classify_pretrained(bucket: str, key: str, parts: list[str]) -> Upload | Ignored:
+    """pretrained/<model>/<run>/job.json starts an import of the folder; nothing else does."""
+    if len(parts) < 4 or not parts[-1]:
+        if len(parts) == 3 and parts[2] == JOB_FILE:
+            raise RejectedUpload(
+                key,
+                "job.json belongs in a run folder: pretrained/<model>/<run>/job.json",
+                _model_or_none(parts[1]),
+            )
+        return Ignored(key, "folder marker or incomplete key")
+    model_raw = parts[1]
+    try:
+        model = check_model_name(model_raw)
+    except InvalidName as e:
+        raise RejectedUpload(key, str(e)) from None
+    if len(parts) == 4 and parts[3] == JOB_FILE:
+        try:
+            run = check_run_name(parts[2])
+        except InvalidName as e:
+            raise RejectedUpload(key, str(e), model) from None
+        return Upload("run", bucket, key, model, run, f"{PRETRAINED}/{model}/{run}/", "pretrained")
+    return Ignored(key, "file of a pretrained model folder: the import starts with its job.json")
+
+
+def _model_or_none(raw: str) -> str | None:
+    try:
+        return check_model_name(raw)
+    except InvalidName:
+        return None

@@ -1,0 +1,274 @@
+"""The HTTP API's OpenAPI document, generated from the pydantic models the handlers validate with.
+
+    python -m maas_local.openapi          # (re)write docs/openapi.json  (`make openapi`)
+    python -m maas_local.openapi --check  # exit 1 when docs/openapi.json is stale
+
+The schemas come from maas.oip (the Open Inference Protocol wire models) and maas.admin (the
+management API's); the operations below list every route. tests/unit/test_openapi.py fails
+when the committed document is stale, or when it, the handlers' routes and template.yaml's
+routes disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from maas import __version__, admin, oip
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOC_PATH = REPO_ROOT / "docs" / "openapi.json"
+HEADER = "Inference-Header-Content-Length"
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    response: type[BaseModel]
+    request: type[BaseModel] | None = None
+    errors: tuple[int, ...] = (404,)
+
+    @property
+    def admin(self) -> bool:
+        return self.path.startswith("/admin/")
+
+    @property
+    def binary(self) -> bool:
+        return self.path.endswith("/infer")
+
+
+_V = "/v2/models/{model}/versions/{version}"
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("GET", "/v2", "serverMetadata", "Server metadata", oip.ServerMetadataResponse,
+              None, ()),
+    Operation("GET", "/v2/health/live", "serverLive", "Server liveness", oip.ServerLiveResponse,
+              None, ()),
+    Operation("GET", "/v2/health/ready", "serverReady", "Server readiness",
+              oip.ServerReadyResponse, None, ()),
+    Operation(
+        "GET", "/v2/models/{model}", "modelMetadata",
+        "Model metadata (the prod version's tensors)", oip.ModelMetadataResponse, None, (404, 503),
+    ),
+    Operation(
+        "GET", "/v2/models/{model}/ready", "modelReady",
+        "Model readiness (prod)", oip.ModelReadyResponse, None, (404, 503),
+    ),
+    Operation(
+        "POST", "/v2/models/{model}/infer", "modelInfer",
+        "Inference on prod, or on the canary for its share of requests",
+        oip.InferenceResponse, oip.InferenceRequest, (400, 404, 413, 503),
+    ),
+    Operation(
+        "GET", _V, "modelVersionMetadata", "Metadata of one version",
+        oip.ModelMetadataResponse, None, (404, 503),
+    ),
+    Operation(
+        "GET", f"{_V}/ready", "modelVersionReady", "Readiness of one version",
+        oip.ModelReadyResponse, None, (404, 503),
+    ),
+    Operation(
+        "POST", f"{_V}/infer", "modelVersionInfer", "Inference on one version",
+        oip.InferenceResponse, oip.InferenceRequest, (400, 404, 413, 503),
+    ),
+    Operation(
+        "GET", "/admin/models", "listModels", "Models with their prod and canary versions",
+        admin.ModelList, None, (403,),
+    ),
+    Operation(
+        "GET", "/admin/models/{model}/versions", "listVersions",
+        "A model's versions with status and metrics", admin.VersionList, None, (403, 404),
+    ),
+    Operation(
+        "GET", "/admin/models/{model}/audit", "auditLog",
+        "Who changed the model's aliases and versions, when and why", admin.AuditLog, None,
+        (403, 404),
+    ),
+    Operation(
+        "POST", "/admin/models/{model}/promote", "promote",
+        "Point prod at a READY version (conditional write, audited)", admin.AliasInfo,
+        admin.PromoteRequest, (400, 403, 404, 409),
+    ),
+    Operation(
+        "POST", "/admin/models/{model}/canary", "setCanary",
+        "Send a fraction of unversioned requests to a READY version; weight 0 removes it",
+        admin.AliasInfo, admin.CanaryRequest, (400, 403, 404, 409),
+    ),
+    Operation(
+        "POST", "/admin/models/{model}/rollback", "rollback",
+        "Undo the latest deployment: an active canary, else the last promotion",
+        admin.AliasInfo, admin.RollbackRequest, (400, 403, 404, 409),
+    ),
+)  # fmt: skip
+
+_ERRORS = {
+    400: "Malformed or inconsistent request",
+    403: "Not SigV4-signed by an authorized IAM identity",
+    404: "No such model, version or route",
+    409: "The registry is not in a state that allows it (conditional write lost or refused)",
+    413: "Body above Lambda's 6 MB payload limit, or batch above the configured maximum",
+    503: "The model cannot serve now (not READY, artifact missing or failing its checksum)",
+}
+
+
+def _schemas() -> dict[str, Any]:
+    models: list[type[BaseModel]] = [oip.ErrorResponse]
+    for op in OPERATIONS:
+        models.extend(m for m in (op.response, op.request) if m is not None)
+    unique = list(dict.fromkeys(models))
+    _, doc = models_json_schema(
+        [(m, "validation") for m in unique], ref_template="#/components/schemas/{model}"
+    )
+    return dict(sorted(doc["$defs"].items()))
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "tags": ["admin" if op.admin else "inference"],
+    }
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in ("model", "version")
+        if "{" + name + "}" in op.path
+    ]
+    if op.binary:
+        params.append(
+            {
+                "name": HEADER,
+                "in": "header",
+                "required": False,
+                "description": "Binary tensor extension: the length of the JSON header that "
+                "starts the body; the input tensors follow it.",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        )
+    if params:
+        out["parameters"] = params
+    if op.request is not None:
+        content: dict[str, Any] = {"application/json": {"schema": _ref(op.request)}}
+        if op.binary:
+            content["application/octet-stream"] = {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": f"An {op.request.__name__} JSON header of {HEADER} bytes, "
+                    "then each input with parameters.binary_data_size, back to back: "
+                    "little-endian, BOOL one byte, BYTES as a 4-byte length + bytes each.",
+                }
+            }
+        out["requestBody"] = {"required": True, "content": content}
+    ok: dict[str, Any] = {
+        "description": "OK",
+        "content": {"application/json": {"schema": _ref(op.response)}},
+    }
+    if op.binary:
+        ok["content"]["application/octet-stream"] = {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": f"Some outputs binary: an {op.response.__name__} JSON header of "
+                f"{HEADER} bytes, then those outputs' data in order.",
+            }
+        }
+        ok["headers"] = {
+            HEADER: {
+                "description": "Present when some outputs are binary: the JSON header's length.",
+                "schema": {"type": "integer"},
+            }
+        }
+    responses: dict[str, Any] = {"200": ok}
+    for code in op.errors:
+        responses[str(code)] = {
+            "description": _ERRORS[code],
+            "content": {"application/json": {"schema": _ref(oip.ErrorResponse)}},
+        }
+    out["responses"] = responses
+    # Admin: always IAM. Inference: what the stack's InferenceAuth parameter chose.
+    out["security"] = [{"sigv4": []}] if op.admin else [{}, {"sigv4": []}, {"jwt": []}]
+    return out
+
+
+def build() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "serverless-maas",
+            "version": __version__,
+            "description": "Open Inference Protocol v2 (REST, with the binary tensor data "
+            "extension) under /v2, model management under /admin. Generated by "
+            "infra/maas_local/openapi.py (`make openapi`) from the pydantic models the "
+            "handlers validate with; do not edit by hand.",
+        },
+        "servers": [
+            {
+                "url": "https://{apiId}.execute-api.{region}.amazonaws.com",
+                "variables": {"apiId": {"default": "abc123"}, "region": {"default": "us-east-1"}},
+            },
+            {"url": "http://127.0.0.1:8080", "description": "the local stack (maas local up)"},
+        ],
+        "tags": [
+            {"name": "inference", "description": "Open Inference Protocol v2"},
+            {"name": "admin", "description": "Model management, IAM (SigV4) only"},
+        ],
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "sigv4": {
+                    "type": "apiKey",
+                    "name": "Authorization",
+                    "in": "header",
+                    "description": "AWS SigV4 (service execute-api): API Gateway AWS_IAM.",
+                },
+                "jwt": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "InferenceAuth=JWT: a token from JwtIssuer for JwtAudience.",
+                },
+            },
+        },
+    }
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m maas_local.openapi", description=__doc__)
+    p.add_argument("--check", action="store_true", help="exit 1 if the document is stale")
+    p.add_argument("--out", type=Path, default=DOC_PATH)
+    args = p.parse_args(argv)
+    text = render()
+    if args.check:
+        current = args.out.read_text() if args.out.exists() else ""
+        if current != text:
+            print(f"{args.out} is stale: run `make openapi`", file=sys.stderr)
+            return 1
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Serving text models: the BYTES input -> the graph's inputs, through maas/textprep.py.
+
+A text model's manifest carries ``text``: the encoder spec (text.json) and the sha256 of each
+file it needs (text.json, tokenizer.json). Those files are fetched beside model.onnx and
+verified like it; the encoder then runs before every session.run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .oip import ProtocolError
+from .storage import ObjectMissing, Storage, sha256_file
+from .textprep import TEXT_INPUT, TextInputError, load_encoder
+
+Preprocess = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+TEXT_INPUT_META = (TEXT_INPUT, "BYTES", [-1])
+
+
+class TextFilesUnavailable(RuntimeError):
+    """A text file is missing or fails its sha256: the version cannot serve (503)."""
+
+
+def load_preprocess(
+    storage: Storage,
+    bucket: str,
+    prefix: str,
+    manifest: dict[str, Any],
+    directory: Path,
+    graph_inputs: list[str],
+) -> Preprocess:
+    text = manifest["text"]
+    files: dict[str, str] = text.get("files") or {}
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, digest in files.items():
+        if "/" in name or name.startswith("."):
+            raise TextFilesUnavailable(f"manifest names an unsafe text file {name!r}")
+        local = directory / name
+        if not local.exists() or sha256_file(local) != digest:
+            part = local.with_suffix(local.suffix + ".part")
+            try:
+                storage.download(bucket, prefix + name, part)
+            except ObjectMissing:
+                raise TextFilesUnavailable(f"{name} is missing from the artifact bucket") from None
+            part.replace(local)
+        if sha256_file(local) != digest:
+            local.unlink(missing_ok=True)
+            raise TextFilesUnavailable(f"{name} failed its integrity check (sha256)")
+    encoder = load_encoder(text["spec"], directory)
+    wanted = list(graph_inputs)
+
+    def preprocess(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        items = np.asarray(feeds[TEXT_INPUT]).reshape(-1)
+        try:
+            encoded = encoder.encode(list(items))
+        except TextInputError as e:
+            raise ProtocolError(f"input {TEXT_INPUT!r}: {e}") from None
+        return {name: encoded[name] for name in wanted}
+
+    return preprocess

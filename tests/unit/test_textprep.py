@@ -1,0 +1,110 @@
+"""The text encoders (maas/textprep.py): one file, used by serving and by the training job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from maas import textprep
+from maas.jobspec import RECIPE_DEFAULTS, RECIPES
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO / "layers" / "shared" / "maas" / "textprep.py"
+
+
+def _word_tokenizer_json() -> str:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "the": 4, "cat": 5, "sat": 6}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return tok.to_str()
+
+
+def test_hashed_ngrams_are_stable_padded_and_take_bytes() -> None:
+    enc = textprep.HashedNgrams(buckets=1000)
+    out = enc.encode(["The cat sat.", b"the cat", "x"])["ids"]
+    assert out.dtype == np.int64 and out.shape[0] == 3
+    assert (out[:, 0] < 1000).all()  # every row has a feature; padding is 1000
+    first = enc.ids("the cat sat.")
+    assert list(out[0, : len(first)]) == first  # lower-cased: "The" == "the"
+    assert (out[2, len(enc.ids("x")) :] == enc.pad_id).all()
+    # CRC-32, not Python's salted hash(): the same ids in every process
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import textprep; "
+    code += "print(textprep.HashedNgrams(buckets=1000).ids('the cat sat.'))"
+    again = subprocess.run(
+        [sys.executable, "-c", code, str(SHARED.parent)], capture_output=True, text=True
+    )
+    assert json.loads(again.stdout) == first
+    assert "wthe cat" in enc.features("the cat")  # word bigram
+    assert "c<ca" in enc.features("cat")  # character n-gram with the word boundary
+
+
+@pytest.mark.parametrize(
+    ("item", "message"), [(b"\xff\xfe", "not valid UTF-8"), (3, "not a string")]
+)
+def test_bad_text_items_are_named(item: object, message: str) -> None:
+    with pytest.raises(textprep.TextInputError, match=message):
+        textprep.HashedNgrams().encode(["fine", item])
+
+
+def test_tokenizer_json_pads_to_the_batch_longest_and_truncates(tmp_path: Path) -> None:
+    (tmp_path / "tokenizer.json").write_text(_word_tokenizer_json())
+    spec = textprep.tokenizer_spec(4, ["input_ids", "attention_mask"])
+    enc = textprep.load_encoder(spec, tmp_path)
+    out = enc.encode(["the cat", "the cat sat sat sat"])
+    # truncated to 4 tokens, the special ones kept (as Hugging Face does)
+    assert out["input_ids"].tolist() == [[2, 4, 5, 3], [2, 4, 5, 3]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
+    short = enc.encode(["the", "the cat"])
+    assert short["input_ids"].tolist() == [[2, 4, 3, 0], [2, 4, 5, 3]]
+    assert short["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    with pytest.raises(ValueError, match="unknown text encoder"):
+        textprep.load_encoder({"kind": "sentencepiece"})
+
+
+def test_training_job_loads_this_very_file() -> None:
+    from maas_training import textprep as training_side
+
+    assert training_side.source_path() == SHARED
+    mod = training_side.load()
+    assert mod.HashedNgrams(buckets=97).ids("a b") == textprep.HashedNgrams(buckets=97).ids("a b")
+
+
+def test_training_code_tarball_carries_a_byte_identical_copy(tmp_path: Path) -> None:
+    from maas_local.cli import pack_training_code
+
+    tarball = pack_training_code(tmp_path / "training.tar.gz")
+    with tarfile.open(tarball) as tar:
+        member = tar.extractfile("maas_training/_shared/textprep.py")
+        assert member is not None and member.read() == SHARED.read_bytes()
+        tar.extractall(tmp_path / "code", filter="data")
+    # Unpacked alone (as on SageMaker, without the repository or the maas package), the job
+    # finds the copy.
+    code = (
+        "import sys; sys.modules['maas'] = None; sys.path.insert(0, sys.argv[1]); "
+        "from maas_training import textprep; print(textprep.source_path())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "code")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()) == tmp_path / "code/maas_training/_shared/textprep.py"
+
+
+def test_recipe_tables_agree_between_job_spec_and_training_job() -> None:
+    from maas_training import config
+
+    assert config.RECIPES == RECIPES
+    assert config.RECIPE_DEFAULTS == RECIPE_DEFAULTS
