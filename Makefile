@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 SAM    := $(VENV)/sam/bin/sam
 KSERVE := $(VENV)/kserve/.installed
 KSERVE_VERSION ?= 0.21.0
+CHECKOV := $(VENV)/checkov/.installed
+CHECKOV_VERSION ?= 3.3.30
 
-.PHONY: setup sam kserve demo test test-fast lint typecheck local build validate openapi clean
+.PHONY: setup sam kserve checkov reliability-table demo test test-fast lint typecheck local build validate openapi clean bench
 
 setup: $(VENV)/.installed
 
@@ -32,13 +34,27 @@ $(KSERVE):
 	$(VENV)/kserve/bin/python -m pip install -q 'kserve==$(KSERVE_VERSION)'
 	touch $@
 
+# checkov pins older boto3/botocore than the project uses: it gets its own environment too.
+# tests/unit/test_security.py runs it over template.yaml (skipped, saying why, when absent).
+checkov: $(CHECKOV)
+$(CHECKOV):
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install -q --upgrade pip
+	$(VENV)/checkov/bin/python -m pip install -q 'checkov==$(CHECKOV_VERSION)'
+	touch $@
+
 demo: setup
 	$(BIN)/maas demo
 
-test: setup sam kserve
+test: setup sam kserve checkov
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The benchmark suite (bench/): about 10 minutes on 2 vCPUs. Writes bench/results.json,
+# bench/results.md, the plots the README shows and bench/baseline.json (the regression check's).
+bench: setup sam
+	$(BIN)/python -m bench
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not e2e"
@@ -56,6 +72,10 @@ local: setup
 # docs/openapi.json from the pydantic models the handlers validate with (a test checks it).
 openapi: setup
 	$(BIN)/python -m maas_local.openapi
+
+# The README's reliability table, from the figures the last test run wrote (.maas/).
+reliability-table: setup
+	$(BIN)/python tests/reliability.py --readme
 
 validate: sam
 	AWS_DEFAULT_REGION=us-east-1 $(SAM) validate --lint

@@ -19,6 +19,7 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 import helpers  # noqa: E402 - needs tests/ on sys.path first
+import reliability  # noqa: E402
 
 # moto and botocore allocate heavily per test; default thresholds spent ~25% of the
 # integration run in full collections of a heap that is mostly long-lived service models.
@@ -95,6 +96,22 @@ class AwsAccount:
     data_bucket: str
     artifact_bucket: str
     local_training_queue_url: str
+    ingest_dlq_url: str = ""
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Every message on the ingest DLQ (read without deleting: visibility 0)."""
+        messages: list[dict[str, Any]] = []
+        while True:
+            batch = self.sqs.receive_message(
+                QueueUrl=self.ingest_dlq_url,
+                MaxNumberOfMessages=10,
+                MessageAttributeNames=["All"],
+                VisibilityTimeout=0,
+            ).get("Messages", [])
+            fresh = [m for m in batch if m["MessageId"] not in {x["MessageId"] for x in messages}]
+            if not fresh:
+                return messages
+            messages.extend(fresh)
 
     @functools.cached_property
     def sagemaker(self) -> Any:
@@ -152,6 +169,8 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsAccount]
         "AWS_SECURITY_TOKEN",
         "TRAINING_BACKEND",
         "LOCAL_TRAINING_QUEUE_URL",
+        "INGEST_DLQ_URL",
+        "SESSION_CACHE_MB",
         "ALIAS_TTL_S",
         "MAX_BATCH_SIZE",
         "SESSION_CACHE_SIZE",
@@ -189,6 +208,9 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsAccount]
         ddb.create_table(TableName=REGISTRY_TABLE, BillingMode="PAY_PER_REQUEST", **schema)
         sqs = boto3.client("sqs", region_name=helpers.REGION)
         queue_url = sqs.create_queue(QueueName=helpers.LOCAL_TRAINING_QUEUE)["QueueUrl"]
+        # As template.yaml gives the ingest function: permanent failures go straight here.
+        dlq_url = sqs.create_queue(QueueName=helpers.INGEST_DLQ)["QueueUrl"]
+        monkeypatch.setenv("INGEST_DLQ_URL", dlq_url)
         yield AwsAccount(
             s3=s3,
             dynamodb=ddb,
@@ -197,6 +219,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsAccount]
             data_bucket=helpers.DATA_BUCKET,
             artifact_bucket=helpers.ARTIFACT_BUCKET,
             local_training_queue_url=queue_url,
+            ingest_dlq_url=dlq_url,
         )
     _clear_settings()
 
@@ -261,6 +284,17 @@ def iris_model_reversed(iris_model: TrainedModel) -> TrainedModel:
         base.weights, base.bias, base.mean, base.scale, list(reversed(base.classes))
     )
     return TrainedModel(clf, clf.onnx_bytes(), iris_model.features)
+
+
+# --- the reliability figures (README table) ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def reliability_report() -> Iterator[reliability.Report]:
+    """What the reliability tests tried and measured; saved for `make reliability-table`."""
+    report = reliability.Report()
+    yield report
+    report.save()
 
 
 # --- no network for pure tests ------------------------------------------------------------

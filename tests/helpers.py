@@ -31,6 +31,7 @@ ACCOUNT = "123456789012"
 DATA_BUCKET = "maas-data"
 ARTIFACT_BUCKET = "maas-artifacts"
 LOCAL_TRAINING_QUEUE = "maas-local-training"
+INGEST_DLQ = "maas-ingest-dlq"
 INGEST_QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:maas-ingest"
 
 

@@ -16,6 +16,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from maas.config import settings
+from maas.deadletter import DeadLetters
 from maas.ingest import Ingest
 from maas.jobs import backend_for
 from maas.registry import Registry
@@ -24,7 +25,9 @@ from maas.storage import Storage
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
-processor = BatchProcessor(event_type=EventType.SQS)
+# A batch whose every message failed is reported like any partial failure (each message
+# retried, then dead-lettered), not raised as a function error.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 _ingest: Ingest | None = None
 
 
@@ -32,17 +35,25 @@ def ingest() -> Ingest:
     global _ingest
     if _ingest is None:
         cfg = settings()
-        _ingest = Ingest(Registry(cfg.registry_table), Storage(), backend_for(cfg))
+        _ingest = Ingest(
+            Registry(cfg.registry_table),
+            Storage(),
+            backend_for(cfg),
+            dead_letters=DeadLetters(cfg.ingest_dlq_url) if cfg.ingest_dlq_url else None,
+            data_bucket=cfg.data_bucket,
+            artifact_bucket=cfg.artifact_bucket,
+        )
     return _ingest
 
 
 @tracer.capture_method
 def record_handler(record: SQSRecord) -> list[dict[str, Any]]:
     # A raised exception marks only this message failed; SQS retries it, then dead-letters it.
-    outcomes = ingest().handle_message(record.body)
+    # Permanent failures are dead-lettered at once, with their reason, and count as handled.
+    outcomes = ingest().handle_message(record.body, record.message_id)
     for outcome in outcomes:
         logger.info("ingest outcome", extra=asdict(outcome))
-        metrics.add_metric(f"Uploads{outcome.action.title()}", MetricUnit.Count, 1)
+        metrics.add_metric(f"Uploads{outcome.action.title().replace('-', '')}", MetricUnit.Count, 1)
     return [asdict(o) for o in outcomes]
 
 

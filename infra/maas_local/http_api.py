@@ -37,6 +37,11 @@ def http_api_event(
     lowered = {k.lower(): v for k, v in headers.items()}
     content_type = lowered.get("content-type", "")
     is_text = not body or content_type.startswith(TEXT_TYPES)
+    if is_text:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:  # a "text" body that is not UTF-8 travels base64 too
+            is_text = False
     now = datetime.now(UTC)
     query: dict[str, str] = {}
     for pair in filter(None, parts.query.split("&")):
@@ -87,6 +92,9 @@ class IamPolicy:
 
 class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a burst of new connections (16 clients opening
+    # theirs at once) overflowed it and had connections reset. API Gateway takes thousands.
+    request_queue_size = 128
 
     def __init__(
         self,
@@ -108,7 +116,14 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # small responses otherwise wait on delayed ACKs (~40 ms)
 
     def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:  # API Gateway answers a malformed Content-Length itself
+            self._error(400, "Bad Request", "Content-Length is not a non-negative integer")
+            self.close_connection = True
+            return
         if length > MAX_PAYLOAD:
             self._reply(
                 413,

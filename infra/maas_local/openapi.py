@@ -114,7 +114,8 @@ _ERRORS = {
     403: "Not SigV4-signed by an authorized IAM identity",
     404: "No such model, version or route",
     409: "The registry is not in a state that allows it (conditional write lost or refused)",
-    413: "Body above Lambda's 6 MB payload limit, or batch above the configured maximum",
+    413: "Body above Lambda's 6 MB payload limit, batch above the configured maximum, or a "
+    "BYTES element above 64 KiB",
     503: "The model cannot serve now (not READY, artifact missing or failing its checksum)",
 }
 

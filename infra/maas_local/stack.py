@@ -138,16 +138,18 @@ class LocalStack:
 
         ingest = FunctionPool(self.cfg.functions_dir, "ingest", timeout_s=60)
         optimize = FunctionPool(self.cfg.functions_dir, "optimize", memory_mb=3008)
-        http = threading.Lock()  # see FunctionPool: Powertools' resolver state is per process
+        # The inference containers run concurrently, as Lambda's do (the handler keeps no
+        # per-process request state); the admin function's Powertools resolver does (see
+        # FunctionPool), so its calls take turns.
         inference = FunctionPool(
-            self.cfg.functions_dir,
-            "inference",
-            size=self.cfg.inference_containers,
-            timeout_s=30,
-            exclusive=http,
+            self.cfg.functions_dir, "inference", size=self.cfg.inference_containers, timeout_s=30
         )
         admin = FunctionPool(
-            self.cfg.functions_dir, "admin", memory_mb=512, timeout_s=30, exclusive=http
+            self.cfg.functions_dir,
+            "admin",
+            memory_mb=512,
+            timeout_s=30,
+            exclusive=threading.Lock(),
         )
         self.runner = TrainingRunner(self, optimize)
         self._spawn("ingest-poller", self._poll_ingest, ingest)
@@ -354,6 +356,7 @@ class LocalStack:
             "REGISTRY_TABLE": self.outputs["RegistryTableName"],
             "TRAINING_BACKEND": "local",
             "LOCAL_TRAINING_QUEUE_URL": self.outputs["LocalTrainingQueueUrl"],
+            "INGEST_DLQ_URL": self.outputs["IngestDLQUrl"],
             "TRAINING_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/{self.cfg.stack_name}-training",
             "TRAINING_IMAGE": "local",
             "TRAINING_CODE_S3": f"file://{self.cfg.training_entry.parent}",

@@ -403,17 +403,21 @@ def test_object_deleted_before_delivery_is_ignored(
     assert Registry(aws.table).list_versions("digits") == []
 
 
-def test_key_outside_datasets_is_ignored(aws: Any, ingest_app: Any, lambda_context: Any) -> None:
-    # GIVEN an object outside datasets/
+def test_key_outside_datasets_is_dead_lettered_with_its_reason(
+    aws: Any, ingest_app: Any, lambda_context: Any
+) -> None:
+    # GIVEN an object outside datasets/ (the bucket's notification filters would not send it)
     note = put_and_notify(aws.s3, "maas-data", "scratch/digits.csv", CSV)
 
     # WHEN its notification arrives
     result = ingest_app.lambda_handler(sqs_event(note), lambda_context)
 
-    # THEN nothing happens and nothing is retried
+    # THEN nothing starts, nothing is retried, and the DLQ holds the event with the reason
     assert result == {"batchItemFailures": []}
     assert training_jobs(aws) == []
     assert Registry(aws.table).list_models() == []
+    (letter,) = aws.dead_letters()
+    assert "outside datasets/" in letter["MessageAttributes"]["maas-reason"]["StringValue"]
 
 
 def test_s3_test_event_and_delete_event_are_ignored(
@@ -434,23 +438,43 @@ def test_s3_test_event_and_delete_event_are_ignored(
     assert training_jobs(aws) == []
 
 
-def test_message_that_is_not_json_fails_alone_in_its_batch(
+def test_message_that_is_not_json_is_dead_lettered_at_once_with_its_reason(
     aws: Any, ingest_app: Any, lambda_context: Any
 ) -> None:
     # GIVEN a batch with a garbage message and a good notification
     good = put_and_notify(aws.s3, "maas-data", "datasets/digits/digits.csv", CSV)
     event = sqs_event("this is not json", good)
-    bad_id = event["Records"][0]["messageId"]
 
     # WHEN the batch is handled
     result = ingest_app.lambda_handler(event, lambda_context)
 
-    # THEN only the garbage message is reported for retry / dead-lettering
-    assert result == {"batchItemFailures": [{"itemIdentifier": bad_id}]}
+    # THEN the garbage went to the DLQ as it was, the reason attached, without five retries
+    assert result == {"batchItemFailures": []}
+    (letter,) = aws.dead_letters()
+    assert letter["Body"] == "this is not json"
+    assert "not JSON" in letter["MessageAttributes"]["maas-reason"]["StringValue"]
     assert len(training_jobs(aws)) == 1
 
 
-def test_invalid_model_name_fails_its_message_for_the_dead_letter_queue(
+def test_without_a_dlq_a_permanent_failure_fails_its_message_alone(
+    aws: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an ingest function with no INGEST_DLQ_URL (SQS's redrive is then the only way)
+    monkeypatch.delenv("INGEST_DLQ_URL")
+    settings.cache_clear()
+    app = load_handler("ingest")
+    good = put_and_notify(aws.s3, "maas-data", "datasets/digits/digits.csv", CSV)
+    event = sqs_event("this is not json", good)
+
+    # WHEN the batch is handled
+    result = app.lambda_handler(event, lambda_context)
+
+    # THEN only the garbage message is reported for retry / dead-lettering by the queue
+    assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+    assert len(training_jobs(aws)) == 1
+
+
+def test_invalid_model_name_is_dead_lettered_and_the_rest_of_the_batch_starts(
     aws: Any, ingest_app: Any, lambda_context: Any
 ) -> None:
     # GIVEN an upload under an invalid model name next to a good one
@@ -461,8 +485,12 @@ def test_invalid_model_name_fails_its_message_for_the_dead_letter_queue(
     # WHEN the batch is handled
     result = ingest_app.lambda_handler(event, lambda_context)
 
-    # THEN the bad one fails (no registry row to record it in), the good one starts
-    assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+    # THEN the bad one is dead-lettered (no registry row to record it in), the good one starts
+    assert result == {"batchItemFailures": []}
+    (letter,) = aws.dead_letters()
+    assert json.loads(letter["Body"]) == bad
+    assert "invalid model name" in letter["MessageAttributes"]["maas-reason"]["StringValue"]
+    assert letter["MessageAttributes"]["maas-key"]["StringValue"] == "datasets/Digits/digits.csv"
     assert len(training_jobs(aws)) == 1
     assert Registry(aws.table).list_models() == ["digits"]
 

@@ -91,3 +91,26 @@ def test_event_above_lambdas_6_mb_payload_is_413_before_any_function_runs(server
     assert inference.events == []
     assert post(bytes(1024)).status_code == 200
     assert len(inference.events) == 1
+
+
+def test_malformed_content_length_is_400_and_the_server_keeps_serving(server: Any) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    base, _, _, iam = server
+    parts = urlsplit(base)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as s:
+        s.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n")
+        assert b" 400 " in s.recv(1024).split(b"\r\n", 1)[0]
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as s:
+        s.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+        assert b" 400 " in s.recv(1024).split(b"\r\n", 1)[0]
+    if not iam:
+        assert requests.get(f"{base}/v2/health/live", timeout=10).status_code == 200
+
+
+def test_json_body_that_is_not_utf8_reaches_the_function_base64_encoded() -> None:
+    from maas_local.http_api import http_api_event
+
+    event = http_api_event("POST", "/v2/x", {"Content-Type": "application/json"}, b"\x80\x81")
+    assert event["isBase64Encoded"] is True and event["body"] == "gIE="

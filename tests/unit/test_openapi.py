@@ -19,12 +19,14 @@ def _document_routes(doc: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 def _handler_routes(function: str) -> set[tuple[str, str]]:
-    app = load_handler(function).app
-    # Powertools keeps what @app.get/@app.post registered; its paths say <param> for {param}.
-    return {
-        (route.method, re.sub(r"<(\w+)>", r"{\1}", route.path))
-        for route in app._static_routes + app._dynamic_routes
-    }
+    handler = load_handler(function)
+    if hasattr(handler, "ROUTES"):  # the inference function's own table (method, path, ...)
+        pairs = [(method, path) for method, path, *_ in handler.ROUTES]
+    else:  # Powertools keeps what @app.get/@app.post registered
+        routes = handler.app._static_routes + handler.app._dynamic_routes
+        pairs = [(route.method, route.path) for route in routes]
+    # Both say <param> where the template says {param}.
+    return {(method, re.sub(r"<(\w+)>", r"{\1}", path)) for method, path in pairs}
 
 
 def _template_routes(function: str) -> set[tuple[str, str]]:

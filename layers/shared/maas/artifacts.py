@@ -25,6 +25,8 @@ text.json (+ tokenizer.json), each sha256-listed in the manifest; training.png w
 
 from __future__ import annotations
 
+from .names import InvalidName, check_model_name
+
 MODEL_FILE = "model.onnx"
 SAMPLE_FILE = "sample.npz"
 CALIBRATION_FILE = "calibration.npz"
@@ -40,5 +42,8 @@ TARGET_KEY = "target"
 
 
 def model_prefix(model: str, version: int) -> str:
-    """Where a served version lives in the ArtifactBucket."""
+    """Where a served version lives in the ArtifactBucket (names checked: no key escapes it)."""
+    check_model_name(model)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InvalidName(f"invalid version {version!r}: a positive integer")
     return f"models/{model}/{version}/"

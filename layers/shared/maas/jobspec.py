@@ -142,6 +142,10 @@ def parse_job_json(raw: bytes, *, pretrained: bool = False) -> JobSpec:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidJobSpec(f"job.json is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidJobSpec("job.json is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise InvalidJobSpec(f"job.json is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise InvalidJobSpec("job.json must be a JSON object")
     if not pretrained:

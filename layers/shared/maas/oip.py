@@ -6,29 +6,21 @@ the raw tensors back to back in input (or output) order, each input naming its s
 `parameters.binary_data_size`. Tensors are little-endian and row-major; BOOL is one byte per
 element; a BYTES element is a 4-byte little-endian length followed by that many bytes.
 
-The pydantic models below are the wire schema: requests are validated with them, and the
-OpenAPI document (maas_local.openapi) is generated from them.
+The wire schema is pydantic models in maas.oipschema (re-exported here on first use):
+requests are validated with them, and the OpenAPI document (maas_local.openapi) is generated
+from them. This module imports only the standard library and numpy, so that a cold inference
+function decodes its first well-formed request without importing pydantic (bench/coldstart.py).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-    WithJsonSchema,
-)
-from pydantic_core import from_json, to_json
 
 # OIP datatype -> numpy dtype; and the ONNX Runtime type string for each.
 NP_DTYPES: dict[str, Any] = {
@@ -66,6 +58,8 @@ OIP_TO_ORT = {oip: ort for ort, oip in ORT_TO_OIP.items()}
 _WIRE_DTYPES = {k: np.dtype(v).newbyteorder("<") for k, v in NP_DTYPES.items() if k != "BYTES"}
 HEADER_LENGTH = "inference-header-content-length"
 _U32 = struct.Struct("<I")
+# One BYTES element (a text): a model reads a few hundred tokens of it; more only costs time.
+MAX_BYTES_ELEMENT = 64 * 1024
 
 
 class ProtocolError(ValueError):
@@ -78,151 +72,41 @@ class PayloadTooLarge(ProtocolError):
     status = 413
 
 
-# --- the wire schema ------------------------------------------------------------------------
+# --- the wire schema (maas.oipschema) --------------------------------------------------------
 
-Datatype = Literal[
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-]
-Dim = Annotated[StrictInt, Field(ge=0)]
-Size = Annotated[StrictInt, Field(ge=0)]
-_SCALAR = {"anyOf": [{"type": "number"}, {"type": "boolean"}, {"type": "string"}]}
-# Validated as Any (numpy checks the elements against the datatype, fast); documented as
-# what it is: a flat or nested array of numbers, booleans or strings.
-TensorData = Annotated[
-    Any,
-    WithJsonSchema(
-        {
-            "description": "Tensor elements in row-major order, flat or nested to the shape; "
-            "numbers, true/false for BOOL, UTF-8 strings for BYTES.",
-            "type": "array",
-            "items": {"anyOf": [_SCALAR, {"type": "array", "items": {}}]},
-        }
-    ),
-]
+# The pydantic models, imported on first use: `oip.InferenceRequest` etc. still work.
+SCHEMA_NAMES = frozenset(
+    {
+        "Datatype",
+        "Dim",
+        "Size",
+        "TensorData",
+        "InputParameters",
+        "OutputParameters",
+        "RequestParameters",
+        "RequestInput",
+        "RequestOutput",
+        "InferenceRequest",
+        "ResponseOutputParameters",
+        "ResponseOutput",
+        "InferenceResponse",
+        "MetadataTensor",
+        "ModelMetadataResponse",
+        "ServerMetadataResponse",
+        "ServerLiveResponse",
+        "ServerReadyResponse",
+        "ModelReadyResponse",
+        "ErrorResponse",
+    }
+)
 
 
-class _Wire(BaseModel):
-    # Unknown keys are ignored, as the protocol asks of servers.
-    model_config = ConfigDict(extra="ignore")
+def __getattr__(name: str) -> Any:
+    if name in SCHEMA_NAMES:
+        from . import oipschema
 
-
-class InputParameters(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    binary_data_size: Size | None = Field(
-        default=None,
-        description="Binary tensor extension: this input's data is this many bytes of the "
-        "body after the JSON header (and it has no 'data').",
-    )
-
-
-class OutputParameters(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    binary_data: StrictBool | None = Field(
-        default=None, description="Return this output as binary tensor data."
-    )
-
-
-class RequestParameters(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    binary_data_output: StrictBool | None = Field(
-        default=None,
-        description="Return every output as binary tensor data unless the output says otherwise.",
-    )
-
-
-class RequestInput(_Wire):
-    name: Annotated[StrictStr, Field(min_length=1)]
-    shape: list[Dim]
-    datatype: Datatype
-    parameters: InputParameters | None = None
-    data: TensorData = None
-
-
-class RequestOutput(_Wire):
-    name: StrictStr
-    parameters: OutputParameters | None = None
-
-
-class InferenceRequest(_Wire):
-    """POST /v2/models/{model}[/versions/{version}]/infer (the JSON part of a binary request)."""
-
-    id: StrictStr | None = None
-    parameters: RequestParameters | None = None
-    inputs: Annotated[list[RequestInput], Field(min_length=1)]
-    outputs: list[RequestOutput] | None = None
-
-
-class ResponseOutputParameters(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    binary_data_size: Size | None = None
-
-
-class ResponseOutput(_Wire):
-    name: str
-    datatype: Datatype
-    shape: list[Dim]
-    parameters: ResponseOutputParameters | None = None
-    data: TensorData = Field(default=None, description="Absent for binary outputs.")
-
-
-class InferenceResponse(_Wire):
-    model_name: str
-    model_version: str | None = Field(
-        default=None, description="The version that answered (prod or the canary)."
-    )
-    id: str | None = Field(default=None, description="The request's id, echoed.")
-    parameters: dict[str, Any] | None = None
-    outputs: list[ResponseOutput]
-
-
-class MetadataTensor(_Wire):
-    name: str
-    datatype: Datatype
-    shape: list[int] = Field(description="-1 for a dimension of any size.")
-
-
-class ModelMetadataResponse(_Wire):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[MetadataTensor]
-    outputs: list[MetadataTensor]
-
-
-class ServerMetadataResponse(_Wire):
-    name: str
-    version: str
-    extensions: list[str]
-
-
-class ServerLiveResponse(_Wire):
-    live: bool
-
-
-class ServerReadyResponse(_Wire):
-    ready: bool
-
-
-class ModelReadyResponse(_Wire):
-    name: str
-    version: str
-    ready: bool
-
-
-class ErrorResponse(_Wire):
-    error: str
+        return getattr(oipschema, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- decoded requests -----------------------------------------------------------------------
@@ -288,41 +172,29 @@ def decode_request(body: bytes | str, header_length: str | int | None = None) ->
     view = memoryview(raw)
     header = raw if length is None or length == len(raw) else view[:length]
     binary = view[len(header) :]
-    try:
-        # pydantic-core's parser: about 5x json.loads on tensor data (a latency budget item).
-        # It accepts NaN/Infinity as json does (the model refuses them), and refuses absurd
-        # nesting with a ValueError rather than a RecursionError.
-        doc = from_json(bytes(header) if isinstance(header, memoryview) else header)
-    except ValueError as e:
-        hint = (
-            "; a binary request needs the Inference-Header-Content-Length header"
-            if length is None and b"binary_data_size" in raw[:4096]
-            else ""
-        )
-        raise ProtocolError(f"request body is not valid JSON: {e}{hint}") from None
+    doc = _parse_json(bytes(header) if isinstance(header, memoryview) else header, raw, length)
     if not isinstance(doc, dict):
         raise ProtocolError("request body must be a JSON object with an 'inputs' list")
-    try:
-        wire = InferenceRequest.model_validate(doc)
-    except ValidationError as e:
-        raise ProtocolError(_explain(e, doc)) from None
-    names = [t.name for t in wire.inputs]
+    wire = doc if _plainly_valid(doc) else _validated(doc)
+    tensors: list[dict[str, Any]] = wire["inputs"]
+    names = [t["name"] for t in tensors]
     if len(set(names)) != len(names):
         raise ProtocolError("input names must be unique")
     offset = 0
     inputs = []
-    for tensor in wire.inputs:
-        size = tensor.parameters.binary_data_size if tensor.parameters else None
-        where = f"input {tensor.name!r}"
+    for tensor in tensors:
+        name, datatype, shape = tensor["name"], tensor["datatype"], tensor["shape"]
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        where = f"input {name!r}"
         if size is None:
-            if "data" not in tensor.model_fields_set:
+            if "data" not in tensor:
                 raise ProtocolError(f"{where}: 'data' is missing")
-            array = _to_array(tensor.data, tensor.datatype, where)
-            _check_count(array.size, tensor.shape, where, "data has")
-            array = array.reshape(tensor.shape)
-            inputs.append(InferInput(tensor.name, tensor.datatype, tensor.shape, array))
+            array = _to_array(tensor["data"], datatype, where)
+            _check_count(array.size, shape, where, "data has")
+            array = array.reshape(shape)
+            inputs.append(InferInput(name, datatype, shape, array))
             continue
-        if "data" in tensor.model_fields_set:
+        if "data" in tensor:
             raise ProtocolError(f"{where}: has both 'data' and parameters.binary_data_size")
         if length is None:
             raise ProtocolError(
@@ -335,8 +207,8 @@ def decode_request(body: bytes | str, header_length: str | int | None = None) ->
             )
         chunk = binary[offset : offset + size]
         offset += size
-        array = from_binary(chunk, tensor.datatype, tensor.shape, where)
-        inputs.append(InferInput(tensor.name, tensor.datatype, tensor.shape, array))
+        array = from_binary(chunk, datatype, shape, where)
+        inputs.append(InferInput(name, datatype, shape, array))
     if offset != len(binary):
         raise ProtocolError(
             f"the body has {len(binary) - offset} bytes of binary data that no input's "
@@ -344,23 +216,133 @@ def decode_request(body: bytes | str, header_length: str | int | None = None) ->
         )
     outputs = None
     binary_outputs: dict[str, bool] = {}
-    if wire.outputs is not None:
-        outputs = [o.name for o in wire.outputs]
-        for o in wire.outputs:
-            if o.parameters is not None and o.parameters.binary_data is not None:
-                binary_outputs[o.name] = o.parameters.binary_data
-    params = wire.parameters.model_dump(exclude_none=True) if wire.parameters else {}
+    if wire.get("outputs") is not None:
+        outputs = [o["name"] for o in wire["outputs"]]
+        for o in wire["outputs"]:
+            wants = (o.get("parameters") or {}).get("binary_data")
+            if wants is not None:
+                binary_outputs[o["name"]] = wants
+    params = {k: v for k, v in (wire.get("parameters") or {}).items() if v is not None}
     return InferRequest(
         inputs=inputs,
-        id=wire.id,
+        id=wire.get("id"),
         outputs=outputs,
         parameters=params,
-        binary_data_output=bool(wire.parameters and wire.parameters.binary_data_output),
+        binary_data_output=bool(params.get("binary_data_output")),
         binary_outputs=binary_outputs,
     )
 
 
-def _explain(error: ValidationError, doc: dict[str, Any]) -> str:
+# Past this much JSON, pydantic-core's parser and serializer (~8x the standard library's on
+# tensor data, bench/results.md) pay for their import (~40 ms once); below it, the standard
+# library's cost nothing to import and a cold function's first small request does not wait.
+LARGE_JSON_BYTES = 8192
+LARGE_JSON_ELEMENTS = 1024
+
+
+def _parse_json(header: bytes, raw: bytes, length: int | None) -> Any:
+    """The JSON header as Python values.
+
+    Small bodies: the standard library's parser. Large ones, and wherever the standard one
+    fails or a \\u surrogate escape appears: pydantic-core's, the reference (it refuses lone
+    surrogate escapes and absurd nesting with a ValueError).
+    """
+    if len(header) <= LARGE_JSON_BYTES and b"\\ud" not in header and b"\\uD" not in header:
+        try:
+            return json.loads(header)
+        except (ValueError, RecursionError):
+            pass
+    from pydantic_core import from_json
+
+    try:
+        return from_json(header)
+    except ValueError as e:
+        hint = (
+            "; a binary request needs the Inference-Header-Content-Length header"
+            if length is None and b"binary_data_size" in raw[:4096]
+            else ""
+        )
+        raise ProtocolError(f"request body is not valid JSON: {e}{hint}") from None
+
+
+_DATATYPES = frozenset(NP_DTYPES)
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _flat_object(value: Any) -> bool:
+    """None, or an object of scalars: what the parameters objects hold in every real client."""
+    return value is None or (
+        type(value) is dict and all(isinstance(v, _SCALARS) for v in value.values())
+    )
+
+
+def _plainly_valid(doc: dict[str, Any]) -> bool:
+    """True only for a request maas.oipschema.InferenceRequest accepts as it stands.
+
+    The fast path: a well-formed request is used as parsed, without importing pydantic (a
+    cold inference function's first request). Anything else, valid or not, goes through the
+    schema, which decides and words the error. Conservative by construction: it may say False
+    to a valid request, never True to an invalid one (tests/unit/test_oip_fastpath.py).
+    """
+    inputs = doc.get("inputs")
+    if type(inputs) is not list or not inputs:
+        return False
+    for t in inputs:
+        if type(t) is not dict:
+            return False
+        name, shape, datatype = t.get("name"), t.get("shape"), t.get("datatype")
+        if type(name) is not str or not name or type(datatype) is not str:
+            return False
+        if datatype not in _DATATYPES or type(shape) is not list:
+            return False
+        if not all(type(d) is int and d >= 0 for d in shape):
+            return False
+        params = t.get("parameters")
+        if not _flat_object(params):
+            return False
+        size = (params or {}).get("binary_data_size")
+        if size is not None and (type(size) is not int or size < 0):
+            return False
+    if doc.get("id") is not None and type(doc["id"]) is not str:
+        return False
+    params = doc.get("parameters")
+    if not _flat_object(params):
+        return False
+    wants = (params or {}).get("binary_data_output")
+    if wants is not None and type(wants) is not bool:
+        return False
+    outputs = doc.get("outputs")
+    if outputs is None:
+        return True
+    if type(outputs) is not list:
+        return False
+    for o in outputs:
+        if type(o) is not dict or type(o.get("name")) is not str:
+            return False
+        params = o.get("parameters")
+        if not _flat_object(params):
+            return False
+        wants = (params or {}).get("binary_data")
+        if wants is not None and type(wants) is not bool:
+            return False
+    return True
+
+
+def _validated(doc: dict[str, Any]) -> dict[str, Any]:
+    """The request checked by the schema itself: its values, or its first error, worded."""
+    from pydantic import ValidationError
+
+    from .oipschema import InferenceRequest
+
+    try:
+        wire = InferenceRequest.model_validate(doc)
+    except ValidationError as e:
+        raise ProtocolError(_explain(e, doc)) from None
+    checked: dict[str, Any] = wire.model_dump(exclude_unset=True)
+    return checked
+
+
+def _explain(error: Any, doc: dict[str, Any]) -> str:  # a pydantic ValidationError
     """The first validation error, said the way a client author needs to read it."""
     first = error.errors()[0]
     loc = first["loc"]
@@ -412,6 +394,10 @@ def _to_array(data: Any, datatype: str, where: str) -> np.ndarray:
         flat = _flatten(data)
         if not all(isinstance(x, str) for x in flat):
             raise ProtocolError(f"{where}: BYTES data must be strings")
+        for i, x in enumerate(flat):
+            # A str of n characters is at most 4n UTF-8 bytes: encode only the long ones.
+            if len(x) * 4 > MAX_BYTES_ELEMENT and len(x.encode()) > MAX_BYTES_ELEMENT:
+                raise _element_too_long(where, i, len(x.encode()))
         return np.array(flat, dtype=np.object_)
     if datatype == "BOOL":
         flat = _flatten(data)
@@ -514,6 +500,8 @@ def _deserialize_bytes(raw: bytes | memoryview, where: str) -> list[str]:
                 f"{where}: BYTES element {len(out)} declares {size} bytes but only "
                 f"{end - offset} remain"
             )
+        if size > MAX_BYTES_ELEMENT:
+            raise _element_too_long(where, len(out), size)
         try:
             out.append(bytes(raw[offset : offset + size]).decode("utf-8"))
         except UnicodeDecodeError:
@@ -523,6 +511,13 @@ def _deserialize_bytes(raw: bytes | memoryview, where: str) -> list[str]:
             ) from None
         offset += size
     return out
+
+
+def _element_too_long(where: str, index: int, size: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"{where}: BYTES element {index} is {size} bytes; the limit is {MAX_BYTES_ELEMENT} "
+        "bytes per element"
+    )
 
 
 def to_binary(array: np.ndarray) -> bytes:
@@ -601,7 +596,13 @@ def encode_infer_response(
         else:
             encoded.append(encode_output(name, array))
     doc["outputs"] = encoded
-    header = to_json(doc)  # ~10x json.dumps on float lists
+    inline = sum(a.size for n, a in outputs.items() if not request.wants_binary(n))
+    if inline > LARGE_JSON_ELEMENTS:
+        from pydantic_core import to_json
+
+        header = to_json(doc)
+    else:
+        header = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)

@@ -12,7 +12,9 @@ Every state change is a conditional write, so concurrent or duplicate events can
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,7 +22,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import boto3
 from botocore.exceptions import ClientError
 
 from .names import version_key
@@ -33,6 +34,8 @@ FAILED = "FAILED"
 FINAL_STATUSES = (READY, REJECTED, FAILED)
 PROD = "prod"
 _MAX_HISTORY = 20
+SEQUENCER_WIDTH = 64
+_HEX = re.compile(rf"^[0-9A-F]{{1,{SEQUENCER_WIDTH}}}$")
 
 
 class RegistryError(Exception):
@@ -45,6 +48,19 @@ class NotFound(RegistryError):
 
 class Conflict(RegistryError):
     """A conditional write lost: the row is not in the state the caller expected."""
+
+
+def pad_sequencer(sequencer: str) -> str:
+    """An S3 event sequencer in a form that compares as S3 says to compare them.
+
+    S3's documentation: sequencers of one key may differ in length; right-pad the shorter
+    with zeros, then compare lexicographically. Padding every one to a fixed width does that
+    for any pair, so DynamoDB's string comparison can decide in a condition expression.
+    """
+    value = sequencer.strip().upper()
+    if not _HEX.fullmatch(value):
+        raise ValueError(f"not an S3 sequencer: {sequencer[:80]!r}")
+    return value.ljust(SEQUENCER_WIDTH, "0")
 
 
 def now_iso() -> str:
@@ -144,12 +160,23 @@ def _version_sk(version: int) -> str:
 
 
 class Registry:
-    def __init__(self, table_name: str, *, client: Any = None) -> None:
+    def __init__(self, table_name: str, *, client: Any = None, table: Any = None) -> None:
+        """`table`: a Table-shaped reader instead of boto3's (serving's maas.awslite.LiteTable).
+
+        Given one, the registry reads through it and never imports boto3 (a cold inference
+        function's first request reads two rows); writes then need a registry built on boto3.
+        """
         self.table_name = table_name
         # Any: items here are plain dicts validated by the dataclasses below, not the stubs' unions.
-        self._ddb: Any = client or boto3.client("dynamodb")
+        self._ddb: Any = client
+        if table is not None:
+            self.table: Any = table
+            return
+        import boto3  # here, not at import: the inference function's cold path reads without it
+
+        self._ddb = client or boto3.client("dynamodb")
         self._res: Any = boto3.resource("dynamodb", **_client_kwargs(self._ddb))
-        self.table: Any = self._res.Table(table_name)
+        self.table = self._res.Table(table_name)
 
     # --- training jobs --------------------------------------------------------------------
 
@@ -236,6 +263,36 @@ class Registry:
             self.audit(model, actor, "version-created", f"v{version} from {source}")
             return Claim(job_name, model, version, started=False, created=True)
         raise RegistryError(f"could not claim job {job_name}: too much contention")
+
+    def claim_upload_sequence(self, bucket: str, key: str, sequencer: str) -> str | None:
+        """Record an upload event's S3 `sequencer` for its key, unless a later one came first.
+
+        S3 may deliver the events of one key out of order; the greater sequencer is the later
+        event. Returns None when this event is the latest seen (or the same one again), else the
+        later sequencer already recorded: this event is superseded.
+        """
+        padded = pad_sequencer(sequencer)
+        pk = f"KEY#{hashlib.sha256(f'{bucket}/{key}'.encode()).hexdigest()}"
+        try:
+            self.table.update_item(
+                Key={"pk": pk, "sk": "SEQUENCER"},
+                UpdateExpression="SET sequencer = :s, sequencer_raw = :r, s3_bucket = :b, "
+                "s3_key = :k, updated_at = :t",
+                ConditionExpression="attribute_not_exists(sequencer) OR sequencer <= :s",
+                ExpressionAttributeValues={
+                    ":s": padded,
+                    ":r": sequencer,
+                    ":b": bucket,
+                    ":k": key,
+                    ":t": now_iso(),
+                },
+            )
+            return None
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+        item = self.table.get_item(Key={"pk": pk, "sk": "SEQUENCER"}, ConsistentRead=True)
+        return str(item.get("Item", {}).get("sequencer_raw") or "a later event")
 
     def mark_started(self, job_name: str) -> None:
         self.table.update_item(

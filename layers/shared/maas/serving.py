@@ -8,21 +8,26 @@ import math
 import random
 import threading
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .artifacts import MANIFEST_FILE, MODEL_FILE, model_prefix
-from .config import Settings
+from .names import InvalidName, check_model_name
 from .oip import InferRequest, PayloadTooLarge, ProtocolError, oip_datatype, oip_shape
 from .registry import PROD, READY, Alias, NotFound, Registry
 from .storage import ObjectMissing, Storage, sha256_file
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 MB_PER_VCPU = 1769  # Lambda allocates one vCPU per 1769 MB of memory
 log = logging.getLogger(__name__)
@@ -36,6 +41,24 @@ class ModelUnavailable(RuntimeError):
     """The model exists but cannot serve now (not ready, failed integrity check): 503."""
 
     status = 503
+
+
+class StoreUnavailable(ModelUnavailable):
+    """The registry or the artifact bucket cannot be reached (or refuses): 503, retry later."""
+
+
+REGISTRY = "model registry"
+ARTIFACTS = "model artifact store"
+
+
+@contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """AWS errors while reading `what` become a 503 that names it, without the AWS details."""
+    try:
+        yield
+    except (ClientError, BotoCoreError) as e:
+        log.warning("%s unavailable: %s", what, e)
+        raise StoreUnavailable(f"{what} unavailable, retry later") from None
 
 
 def threads_for_memory(memory_mb: int) -> int:
@@ -62,6 +85,7 @@ class LoadedModel:
     outputs: list[TensorMeta]
     # Text models: the OIP input is BYTES "text"; this turns it into the graph's inputs.
     preprocess: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+    size_bytes: int = 0  # model files on disk: what the session cache budgets memory by
 
     def metadata(self, versions: list[str]) -> dict[str, Any]:
         return {
@@ -164,10 +188,61 @@ class ModelStore:
         self.cache_dir = Path(settings.model_cache_dir)
         self.draw = random.random  # the canary draw; tests replace it
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelStore:
+        """A store reading through maas.awslite where it can (see there), else boto3."""
+        from .awslite import Session, wanted
+
+        session = Session.from_env() if wanted() else None
+        if session is None:
+            return cls(settings, Registry(settings.registry_table), Storage())
+        registry = Registry(settings.registry_table, table=session.table(settings.registry_table))
+        return cls(settings, registry, Storage(session.s3()))
+
+    # --- SnapStart ----------------------------------------------------------------------
+
+    def preload(self, models: list[str] | None = None) -> list[tuple[str, int]]:
+        """Load the prod version of `models` (None: every model with a prod alias) now.
+
+        For an init that a snapshot keeps (SnapStart). At most session_cache_size models: more
+        would only evict each other. Returns what was loaded.
+        """
+        names = models if models is not None else self.registry.list_models()
+        loaded: list[tuple[str, int]] = []
+        for model in names[: self.settings.session_cache_size]:
+            try:
+                version = self.route(model).prod
+            except (ModelNotFound, ModelUnavailable):
+                continue  # nothing in prod yet: nothing to preload
+            self._session(model, version)
+            loaded.append((model, version))
+        return loaded
+
+    def after_restore(self) -> None:
+        """After a SnapStart restore: new connections, and every cached alias read again.
+
+        The snapshot may be hours old; a promotion since then must be served at once, not
+        after the alias TTL. A failed read leaves it to the next request (which retries).
+        """
+        for client in (getattr(self.registry, "table", None), getattr(self.storage, "s3", None)):
+            reset = getattr(client, "reset", None)
+            if callable(reset):
+                reset()
+        for model, (cached, _) in list(self._aliases.items()):
+            self._aliases[model] = (cached, 0.0)  # expired: the next route() reads it
+            try:
+                self.route(model)
+            except Exception:
+                log.warning("re-reading %s's alias after restore failed", model, exc_info=True)
+
     # --- resolution ---------------------------------------------------------------------
 
     def resolve_version(self, model: str, version: str | None, *, canary: bool = False) -> int:
         """A version number: the one asked for, else prod (or, with `canary`, the draw's)."""
+        try:
+            check_model_name(model)  # before it reaches the registry, an S3 key or /tmp
+        except InvalidName:
+            raise ModelNotFound(f"model {model[:100]!r} not found (not a model name)") from None
         if version is not None:
             try:
                 number = int(version)
@@ -186,9 +261,10 @@ class ModelStore:
             return cached[0]
         try:
             alias = self.registry.get_alias(model, PROD)
-        except (ClientError, BotoCoreError):
+        except (ClientError, BotoCoreError) as e:
             if cached is None:
-                raise
+                log.warning("%s unavailable: %s", REGISTRY, e)
+                raise StoreUnavailable(f"{REGISTRY} unavailable, retry later") from None
             # A registry hiccup must not fail requests a warm function can still answer.
             log.warning("alias refresh for %s failed; serving the last known route", model)
             self._aliases[model] = (cached[0], now + min(self.settings.alias_ttl_s, 5.0))
@@ -197,7 +273,9 @@ class ModelStore:
             self._aliases.pop(model, None)
             if cached is not None:
                 self._evict(model, cached[0].versions)
-            if not self.registry.list_versions(model):
+            with _reading(REGISTRY):
+                known = self.registry.list_versions(model)
+            if not known:
                 raise ModelNotFound(f"model {model!r} not found")
             raise ModelUnavailable(f"model {model!r} has no version promoted to {PROD!r} yet")
         route = Route.of(alias)
@@ -249,21 +327,65 @@ class ModelStore:
             with self._lock:
                 if key in self._sessions:
                     return self._sessions[key]
-            loaded = self._load(model, number)
+            try:
+                loaded = self._load(model, number)
+            except Exception:
+                # A version that failed to load (or never existed) keeps no lock behind: clients
+                # asking for ever new version numbers must not grow this dict.
+                with self._lock:
+                    if self._load_locks.get(key) is load_lock and key not in self._sessions:
+                        del self._load_locks[key]
+                raise
             with self._lock:
                 self._sessions[key] = loaded
-                while len(self._sessions) > self.settings.session_cache_size:
+                while len(self._sessions) > 1 and (
+                    len(self._sessions) > self.settings.session_cache_size
+                    or self._cached_bytes() > self.settings.session_cache_bytes
+                ):
                     self._sessions.popitem(last=False)
             return loaded
 
+    def _cached_bytes(self) -> int:
+        return sum(m.size_bytes for m in self._sessions.values())
+
+    def _make_room(self, model: str, version: int, size: int) -> None:
+        """Evict least recently used sessions until a model of `size` bytes fits the budget.
+
+        A model larger than the whole budget is served alone; one that could not fit in the
+        function's memory at all is refused (503) rather than left to crash the function.
+        """
+        memory = self.settings.function_memory_mb * 1024 * 1024
+        if size > memory * 3 // 4:
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} is {size / 2**20:.0f} MiB, too large to "
+                f"load in this function's {self.settings.function_memory_mb} MB; give the "
+                "inference function more memory (InferenceMemory)"
+            )
+        budget = self.settings.session_cache_bytes
+        if size > budget:
+            log.warning(
+                "%s v%s (%d bytes) exceeds the session cache budget (%d bytes): serving it alone",
+                model,
+                version,
+                size,
+                budget,
+            )
+        with self._lock:
+            while self._sessions and self._cached_bytes() + size > budget:
+                (old_model, old_version), _ = self._sessions.popitem(last=False)
+                log.info("evicted %s v%s for %s v%s", old_model, old_version, model, version)
+
     def ready_versions(self, model: str) -> list[str]:
-        return [str(v.version) for v in self.registry.list_versions(model) if v.status == READY]
+        with _reading(REGISTRY):
+            versions = self.registry.list_versions(model)
+        return [str(v.version) for v in versions if v.status == READY]
 
     # --- loading ------------------------------------------------------------------------
 
     def _load(self, model: str, version: int) -> LoadedModel:
         try:
-            record = self.registry.get_version(model, version)
+            with _reading(REGISTRY):
+                record = self.registry.get_version(model, version)
         except NotFound:
             raise ModelNotFound(f"version {version} of model {model!r} not found") from None
         if record.status != READY:
@@ -274,7 +396,8 @@ class ModelStore:
         prefix = model_prefix(model, version)
         bucket = self.settings.artifact_bucket
         try:
-            manifest = json.loads(self.storage.get_bytes(bucket, prefix + MANIFEST_FILE))
+            with _reading(ARTIFACTS):
+                manifest = json.loads(self.storage.get_bytes(bucket, prefix + MANIFEST_FILE))
         except ObjectMissing:
             raise ModelUnavailable(
                 f"version {version} of model {model!r} has no manifest"
@@ -289,9 +412,11 @@ class ModelStore:
             )
         local = self.cache_dir / model / str(version) / MODEL_FILE
         if not local.exists():
-            tmp = local.with_suffix(".part")
+            # Its own name: containers sharing a cache dir (the local stack) may race here.
+            tmp = local.with_suffix(f".{uuid.uuid4().hex}.part")
             try:
-                self.storage.download(bucket, prefix + MODEL_FILE, tmp)
+                with _reading(ARTIFACTS):
+                    self.storage.download(bucket, prefix + MODEL_FILE, tmp)
             except ObjectMissing:
                 raise ModelUnavailable(
                     f"version {version} of model {model!r} has no {MODEL_FILE} in the "
@@ -305,6 +430,8 @@ class ModelStore:
                 f"version {version} of model {model!r} failed its integrity check "
                 "(sha256 differs from the manifest); not loaded"
             )
+        size = local.stat().st_size  # ONNX Runtime's memory follows the graph's weights
+        self._make_room(model, version, size)
         session = ort.InferenceSession(
             str(local), self._session_options(), providers=["CPUExecutionProvider"]
         )
@@ -335,9 +462,16 @@ class ModelStore:
                 ) from None
             name, datatype, shape = TEXT_INPUT_META
             inputs = [TensorMeta(name, datatype, list(shape))]
-        return LoadedModel(model, version, session, manifest, inputs, outputs, preprocess)
+        return LoadedModel(
+            model, version, session, manifest, inputs, outputs, preprocess, size_bytes=size
+        )
 
     def _session_options(self) -> ort.SessionOptions:
+        """Chosen by measurement on the served models (bench/session_options.py; the figures
+        are in bench/results.md): ALL and EXTENDED optimisation run and create alike, BASIC
+        runs MiniLM ~12% slower (no fused quantized MatMul, LayerNorm, GELU): ALL. Threads
+        follow the vCPUs (two run MiniLM at batch 1 ~1.5x faster than one where the memory
+        buys them). Spinning gained under 5% with two threads for more CPU: off."""
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads_for_memory(self.settings.function_memory_mb)
         opts.inter_op_num_threads = 1

@@ -7,6 +7,7 @@ verified like it; the encoder then runs before every session.run.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ def load_preprocess(
             raise TextFilesUnavailable(f"manifest names an unsafe text file {name!r}")
         local = directory / name
         if not local.exists() or sha256_file(local) != digest:
-            part = local.with_suffix(local.suffix + ".part")
+            part = local.with_suffix(f"{local.suffix}.{uuid.uuid4().hex}.part")  # see serving
             try:
                 storage.download(bucket, prefix + name, part)
             except ObjectMissing:

@@ -12,6 +12,8 @@ DATA_SUFFIXES = (".csv", ".parquet", ".jsonl")
 JOB_FILE = "job.json"
 DATASETS = "datasets"
 PRETRAINED = "pretrained"  # pretrained/<model>/<run>/ (a model folder) + job.json: an import
+TRAVERSAL = {".", ".."}
+TRAVERSAL_REASON = "'.' and '..' are not allowed as key segments (path traversal)"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class Upload:
 class Ignored:
     key: str
     reason: str
+    # True when no correct upload has this key (the notification filters would not deliver
+    # it): worth a dead letter, unlike the run folder's data files that wait for job.json.
+    misplaced: bool = False
 
 
 class RejectedUpload(ValueError):
@@ -55,9 +60,11 @@ def classify(bucket: str, key: str) -> Upload | Ignored:
     if parts[0] == PRETRAINED:
         return _classify_pretrained(bucket, key, parts)
     if parts[0] != DATASETS:
-        return Ignored(key, "outside datasets/ and pretrained/: not a training upload")
-    if len(parts) < 3 or not parts[-1]:
+        return Ignored(key, "outside datasets/ and pretrained/: not a training upload", True)
+    if not parts[-1]:
         return Ignored(key, "folder marker or incomplete key")
+    if len(parts) < 3:
+        return Ignored(key, "not inside a model folder: data goes in datasets/<model>/", True)
     model_raw = parts[1]
     try:
         model = check_model_name(model_raw)
@@ -86,6 +93,8 @@ def classify(bucket: str, key: str) -> Upload | Ignored:
         except InvalidName as e:
             raise RejectedUpload(key, str(e), model) from None
         return Upload("run", bucket, key, model, run, f"datasets/{model}/{run}/")
+    if TRAVERSAL & set(parts):
+        raise RejectedUpload(key, TRAVERSAL_REASON, model)
     return Ignored(key, "nested deeper than datasets/<model>/<run>/<file>")
 
 
@@ -110,6 +119,8 @@ def _classify_pretrained(bucket: str, key: str, parts: list[str]) -> Upload | Ig
         except InvalidName as e:
             raise RejectedUpload(key, str(e), model) from None
         return Upload("run", bucket, key, model, run, f"{PRETRAINED}/{model}/{run}/", "pretrained")
+    if TRAVERSAL & set(parts):
+        raise RejectedUpload(key, TRAVERSAL_REASON, model)
     return Ignored(key, "file of a pretrained model folder: the import starts with its job.json")
 
 
