@@ -291,7 +291,9 @@ def _session_options(r: dict[str, Any]) -> list[str]:
         "## ONNX Runtime session options",
         "",
         "Graph optimisation level x intra-op threads x spinning, on the served files "
-        "(bench/session_options.py). The serving defaults follow the best for one thread.",
+        "(bench/session_options.py; ALL-noSkipLN: ALL without ONNX Runtime's "
+        "SkipLayerNormalization fusion). Batch 1 of MiniLM is the 128-token text. The serving "
+        "defaults (maas/ortsession.py) follow the best for one thread.",
         "",
         "| model | level | threads | spinning | create (ms) | batch 1 p50 (ms) | "
         "batch 32 p50 (ms) | CPU per batch-1 run (ms) |",

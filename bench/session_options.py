@@ -1,12 +1,13 @@
 """ONNX Runtime session options, chosen by measurement on the served models.
 
-For each served model: graph optimisation level (BASIC, EXTENDED, ALL) x intra-op threads
-(1, 2) x spinning (on, off). Per configuration: the session's creation time (a cold start
+For each served model: graph optimisation level (BASIC, EXTENDED, ALL, and ALL with ONNX
+Runtime's SkipLayerNormalization fusion disabled, "ALL-noSkipLN") x intra-op threads (1, 2) x
+spinning (on, off). Per configuration: the session's creation time (a cold start
 pays it), latency p50 at batch 1 and batch 32 (interleaved round-robin across configurations),
 and the CPU time per batch-1 run (spinning threads burn CPU between runs, and on a 1-vCPU
 function that CPU is the request's own).
 
-maas.serving.ModelStore._session_options holds what this chose (its docstring cites the run).
+maas.ortsession holds what this chose (its docstring cites the run).
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ import numpy as np
 
 from .common import percentile
 
-LEVELS = ("BASIC", "EXTENDED", "ALL")
+LEVELS = ("BASIC", "EXTENDED", "ALL", "ALL-noSkipLN")
+NO_SKIP_LN = "-noSkipLN"
 
 
 def _options(level: str, threads: int, spin: bool) -> Any:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
+    base = level.removesuffix(NO_SKIP_LN)
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{base}")
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -49,7 +52,10 @@ def measure(
         for _ in range(5):
             t0 = time.perf_counter()
             sess = ort.InferenceSession(
-                str(path), _options(*cfg), providers=["CPUExecutionProvider"]
+                str(path),
+                _options(*cfg),
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=["SkipLayerNormFusion"] if cfg[0].endswith(NO_SKIP_LN) else [],
             )
             creates.append((time.perf_counter() - t0) * 1e3)
         sessions[cfg] = sess

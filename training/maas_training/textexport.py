@@ -1,8 +1,12 @@
 """fp32 ONNX export of the text models (token ids in), checked against torch in onnxruntime.
 
 Same exporter policy as export.py: torch.onnx.export(dynamo=True), the TorchScript exporter as
-the fallback (or up front with MAAS_ONNX_EXPORTER=torchscript). Batch and sequence length are
-dynamic. Classifiers get the STRING "label" head of export.py after "probabilities".
+the fallback (or up front with MAAS_ONNX_EXPORTER=torchscript). Pretrained BERT encoders ask
+for the TorchScript exporter first (``prefer``): ONNX Runtime's transformer fusions recognise
+its attention subgraph and not the dynamo exporter's, and the fused, int8 attention is what
+makes the served encoder fast (maas.quantize, bench/results.md); the dynamo exporter is then
+the fallback. Batch and sequence length are dynamic. Classifiers get the STRING "label" head
+of export.py after "probabilities".
 """
 
 from __future__ import annotations
@@ -116,14 +120,18 @@ def export_text_model(
     output_name: str,
     class_names: list[str] | None,
     metadata: dict[str, str],
+    prefer: str = "dynamo",
 ) -> ExportInfo:
-    """Export module(*feeds.values()) -> output_name; a label head when class_names is given."""
+    """Export module(*feeds.values()) -> output_name; a label head when class_names is given.
+
+    ``prefer`` is the exporter tried first (MAAS_ONNX_EXPORTER overrides it); the other one is
+    the fallback."""
     import onnx
 
     module = module.to("cpu").float().eval()
     input_names = list(feeds)
     example = tuple(torch.from_numpy(np.ascontiguousarray(v[:2])) for v in feeds.values())
-    exporter = os.environ.get("MAAS_ONNX_EXPORTER", "dynamo").strip().lower() or "dynamo"
+    exporter = os.environ.get("MAAS_ONNX_EXPORTER", prefer).strip().lower() or prefer
     if exporter not in ("dynamo", "torchscript"):
         raise TrainingError(f"MAAS_ONNX_EXPORTER must be dynamo or torchscript: {exporter!r}")
     with tempfile.TemporaryDirectory(prefix="maas-export-") as tmp:
@@ -131,14 +139,13 @@ def export_text_model(
         try:
             _export(exporter, module, example, input_names, RAW_OUTPUT, raw)
         except Exception as e:
-            if exporter != "dynamo":
-                raise
+            other = "torchscript" if exporter == "dynamo" else "dynamo"
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             log.warn(
-                f"dynamo ONNX export failed ({type(e).__name__}: {first[:300]}); "
-                "falling back to the TorchScript exporter"
+                f"{exporter} ONNX export failed ({type(e).__name__}: {first[:300]}); "
+                f"falling back to the {other} exporter"
             )
-            exporter = "torchscript"
+            exporter = other
             _export(exporter, module, example, input_names, RAW_OUTPUT, raw)
         proto = onnx.load(str(raw))
     got_in = [i.name for i in proto.graph.input]

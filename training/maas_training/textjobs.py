@@ -234,6 +234,7 @@ def run_import(paths: Paths, hp: Hyperparameters) -> dict[str, Any]:
         output_name=output,
         class_names=labels,
         metadata=metadata_for(hp.task, hp.recipe, labels),
+        prefer="torchscript",  # its attention subgraph is the one ONNX Runtime fuses
     )
     ref = run_torch(module, feeds)
     got = run_onnx(model_dir / MODEL_FILE, feeds, output)
@@ -261,6 +262,12 @@ def run_import(paths: Paths, hp: Hyperparameters) -> dict[str, Any]:
             "inputs": [TEXT_INPUT],
             "graph_inputs": inputs,
             "outputs": outputs,
+            # For the optimizer's transformer fusions (maas.quantize).
+            "transformer": {
+                "model_type": "bert",
+                "num_heads": config.num_attention_heads,
+                "hidden_size": config.hidden_size,
+            },
         },
     )
     metrics = {

@@ -131,6 +131,7 @@ class Optimizer:
                 task=spec.task,
                 max_accuracy_drop=spec.quality_gate.max_accuracy_drop,
                 min_cosine=spec.quality_gate.min_cosine,
+                transformer=schema.get("transformer"),
             )
             chosen = selection.chosen
             digest = sha256_file(chosen.path)

@@ -18,6 +18,11 @@ Steps (``optimize_model``):
    (ArgMax + Gather over a string initializer) is left alone. A candidate that fails to
    build, to load, to run, or that changes the graph's input/output names or types is
    recorded with ``error`` and is never chosen.
+     - ``fused-dynamic-int8-per-channel`` transformer encoders only (``transformer`` names the
+                                         model type, heads and width): ONNX Runtime's
+                                         transformer fusions (Attention, BiasGelu, ...) on the
+                                         fp32 graph, then dynamic int8 per channel, so that
+                                         attention runs as one QAttention kernel
 3. Quality on sample.npz (held-out test split): classification compares the argmax of
    "probabilities" with ``target`` (accuracy) and with fp32's argmax (agreement);
    embedding compares the first output (or "embedding") with fp32's row-wise by cosine.
@@ -55,6 +60,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .artifacts import INPUT_PREFIX, TARGET_KEY
+from .ortsession import new_session
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,9 @@ FP32 = "fp32"
 DYNAMIC_PER_TENSOR = "dynamic-int8-per-tensor"
 DYNAMIC_PER_CHANNEL = "dynamic-int8-per-channel"
 STATIC_QDQ_PER_CHANNEL = "static-qdq-int8-per-channel"
+FUSED_DYNAMIC_PER_CHANNEL = "fused-dynamic-int8-per-channel"
+# Transformer graphs ONNX Runtime's offline fusions (onnxruntime.transformers) know.
+FUSABLE_MODEL_TYPES = ("bert",)
 
 CLASSIFICATION_TASKS = ("classification", "text-classification")
 EMBEDDING_TASKS = ("embedding",)
@@ -170,21 +179,9 @@ def _finite(v: float, digits: int = 6) -> float | None:
 # --------------------------------------------------------------------------- sessions
 
 
-def _session_options(threads: int | None) -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or 1
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return so
-
-
 def _session(path: Path, threads: int | None) -> ort.InferenceSession:
-    return ort.InferenceSession(
-        str(path), sess_options=_session_options(threads), providers=["CPUExecutionProvider"]
-    )
+    """The serving function's session (maas.ortsession): candidates are timed as served."""
+    return new_session(path, threads or 1)
 
 
 def _interface(sess: ort.InferenceSession) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -283,7 +280,14 @@ def _calibration_reader(feeds: dict[str, np.ndarray]) -> Any:
     return Reader(feeds)
 
 
-def _build_dynamic(src: Path, dst: Path, *, per_channel: bool, op_types: Sequence[str]) -> None:
+def _build_dynamic(
+    src: Path,
+    dst: Path,
+    *,
+    per_channel: bool,
+    op_types: Sequence[str],
+    extra_options: dict[str, Any] | None = None,
+) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -292,7 +296,58 @@ def _build_dynamic(src: Path, dst: Path, *, per_channel: bool, op_types: Sequenc
         op_types_to_quantize=list(op_types),
         per_channel=per_channel,
         weight_type=QuantType.QInt8,
+        extra_options=extra_options,
     )
+
+
+def _build_fused_dynamic(
+    src: Path,
+    dst: Path,
+    *,
+    transformer: dict[str, Any],
+    op_types: Sequence[str],
+    workdir: Path,
+) -> str:
+    """ONNX Runtime's transformer fusions on the fp32 graph, then dynamic int8 per channel.
+
+    Python-level fusions only (opt_level 0): the session applies its own graph optimisations
+    when it loads the file. SkipLayerNormalization stays unfused, as in serving sessions
+    (maas.ortsession says why). Returns the fused operator counts (the candidate's note);
+    raises when attention did not fuse, since the candidate would then be
+    dynamic-int8-per-channel again.
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model as fuse
+
+    model_type = str(transformer["model_type"])
+    options = FusionOptions(model_type)
+    options.enable_skip_layer_norm = False
+    fused = fuse(
+        str(src),
+        model_type=model_type,
+        num_heads=int(transformer.get("num_heads") or 0),
+        hidden_size=int(transformer.get("hidden_size") or 0),
+        optimization_options=options,
+        opt_level=0,
+        use_gpu=False,
+    )
+    stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
+    if not stats.get("Attention"):
+        raise ValueError(f"attention did not fuse (fused: {stats or 'nothing'})")
+    fused_path = workdir / "model.fused.onnx"
+    fused.save_model_to_file(str(fused_path))
+    from onnx import TensorProto
+
+    # Shape inference cannot type the outputs of contrib ops (Attention, BiasGelu): the
+    # tensors it leaves untyped are fp32 activations.
+    _build_dynamic(
+        fused_path,
+        dst,
+        per_channel=True,
+        op_types=(*op_types, "Attention"),
+        extra_options={"DefaultTensorType": TensorProto.FLOAT},
+    )
+    return "fused " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items()))
 
 
 def _build_static(
@@ -370,6 +425,7 @@ def optimize_model(
     timing_budget_s: float = 20.0,
     min_speedup: float = 1.05,
     op_types: Sequence[str] | None = None,
+    transformer: dict[str, Any] | None = None,
 ) -> Selection:
     """Build the candidates, score and time them side by side, choose one (see module doc).
 
@@ -464,6 +520,16 @@ def optimize_model(
         )
     else:
         notes.append(f"skipped {STATIC_QDQ_PER_CHANNEL}: no calibration data")
+    if transformer and transformer.get("model_type") in FUSABLE_MODEL_TYPES:
+        arch = transformer
+        builders.append(
+            (
+                FUSED_DYNAMIC_PER_CHANNEL,
+                lambda dst: _build_fused_dynamic(
+                    fp32_path, dst, transformer=arch, op_types=op_types, workdir=workdir
+                ),
+            )
+        )
 
     candidates = [fp32]
     sessions: dict[str, ort.InferenceSession] = {FP32: fp32_sess}

@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .artifacts import MANIFEST_FILE, MODEL_FILE, model_prefix
 from .names import InvalidName, check_model_name
 from .oip import InferRequest, PayloadTooLarge, ProtocolError, oip_datatype, oip_shape
+from .ortsession import new_session
 from .registry import PROD, READY, Alias, NotFound, Registry
 from .storage import ObjectMissing, Storage, sha256_file
 
@@ -432,9 +433,7 @@ class ModelStore:
             )
         size = local.stat().st_size  # ONNX Runtime's memory follows the graph's weights
         self._make_room(model, version, size)
-        session = ort.InferenceSession(
-            str(local), self._session_options(), providers=["CPUExecutionProvider"]
-        )
+        session = new_session(local, threads_for_memory(self.settings.function_memory_mb))
         inputs = [
             TensorMeta(i.name, oip_datatype(i.type), oip_shape(i.shape))
             for i in session.get_inputs()
@@ -465,18 +464,3 @@ class ModelStore:
         return LoadedModel(
             model, version, session, manifest, inputs, outputs, preprocess, size_bytes=size
         )
-
-    def _session_options(self) -> ort.SessionOptions:
-        """Chosen by measurement on the served models (bench/session_options.py; the figures
-        are in bench/results.md): ALL and EXTENDED optimisation run and create alike, BASIC
-        runs MiniLM ~12% slower (no fused quantized MatMul, LayerNorm, GELU): ALL. Threads
-        follow the vCPUs (two run MiniLM at batch 1 ~1.5x faster than one where the memory
-        buys them). Spinning gained under 5% with two threads for more CPU: off."""
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads_for_memory(self.settings.function_memory_mb)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning threads burn billed CPU between requests for no gain on Lambda.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return opts
