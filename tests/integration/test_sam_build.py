@@ -237,6 +237,18 @@ import tokenizers, maas.textserving, maas.awslite
 """
 
 
+# The optimizer's tooling from the build output: quant_pre_process (symbolic shape inference)
+# on a real graph, and the transformer fusions' module (both need sympy, undeclared by ORT).
+OPTIMIZE_SMOKE = """
+import tempfile, onnx, onnxruntime, numpy
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.transformers.optimizer import optimize_model
+out = tempfile.mkdtemp() + "/pre.onnx"
+quant_pre_process(sys.argv[-1], out, skip_symbolic_shape=False)
+onnx.checker.check_model(onnx.load(out))
+"""
+
+
 @pytest.mark.skipif(
     platform.machine() not in ("x86_64", "AMD64") or sys.platform != "linux",
     reason="the build targets x86_64 Linux; its wheels load only there",
@@ -261,7 +273,7 @@ def test_built_handler_imports(
     model.write_bytes(iris_model.onnx)
     heavy = {
         "InferenceFunction": INFERENCE_SMOKE,
-        "OptimizeFunction": "import onnx, onnxruntime, numpy",
+        "OptimizeFunction": OPTIMIZE_SMOKE,
     }.get(function, "pass")
     code = (
         "import sys; sys.path[:0] = sys.argv[1:-1]; import app; "
