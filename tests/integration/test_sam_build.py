@@ -296,3 +296,58 @@ def test_built_handler_imports(
         check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+# The optimizer's fused-attention candidate built from the OptimizeFunction's build output (its
+# onnxruntime tooling, onnx and sympy), on a BERT graph exported here as the import job does.
+FUSION_SMOKE = """
+import json, sys
+from pathlib import Path
+sys.path[:0] = json.loads(sys.argv[1])
+from maas.quantize import EMBEDDING_OP_TYPES, _build_fused_dynamic
+work = Path(sys.argv[3])
+note = _build_fused_dynamic(Path(sys.argv[2]), work / "fused.onnx",
+    transformer=json.loads(sys.argv[4]), op_types=EMBEDDING_OP_TYPES, workdir=work)
+print(note)
+"""
+
+
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64") or sys.platform != "linux",
+    reason="the build targets x86_64 Linux; its wheels load only there",
+)
+def test_built_optimizer_fuses_a_transformer(
+    build_dir: Path,
+    sam_env: tuple[str, dict[str, str], str],
+    lambda_runtime: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("torch")
+    import json
+
+    import onnx
+    import tinybert
+
+    monkeypatch.delenv("MAAS_ONNX_EXPORTER", raising=False)
+    fp32 = tinybert.export(tmp_path, "torchscript")
+    _, env, python312 = sam_env
+    template = load_template(TEMPLATE)
+    function = "OptimizeFunction"
+    paths = [str(build_dir / function)]
+    paths += [str(build_dir / layer / "python") for layer in function_layers(template, function)]
+    paths.append(str(lambda_runtime))
+    result = subprocess.run(
+        [python312, "-S", "-c", FUSION_SMOKE, json.dumps(paths), str(fp32), str(tmp_path),
+         json.dumps(tinybert.ARCH)],
+        cwd=build_dir,
+        env=env | {"PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Attention 2" in result.stdout
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "fused.onnx")).graph.node}
+    assert "QAttention" in ops

@@ -14,69 +14,21 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tinybert
 from maas.ortsession import DISABLED_OPTIMIZERS, new_session
 from maas.quantize import DYNAMIC_PER_CHANNEL, FUSED_DYNAMIC_PER_CHANNEL, optimize_model
+from tinybert import ARCH
 
-torch = pytest.importorskip("torch")
-
-HEADS, HIDDEN = 4, 64
-ARCH = {"model_type": "bert", "num_heads": HEADS, "hidden_size": HIDDEN}
-
-
-def _encoder() -> torch.nn.Module:
-    from maas_training.bert import BertConfig, BertEncoder, SentenceEmbedder
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=300,
-        hidden_size=HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=HEADS,
-        intermediate_size=4 * HIDDEN,
-        max_position_embeddings=64,
-        type_vocab_size=2,
-        layer_norm_eps=1e-12,
-        hidden_act="gelu",
-        architectures=("BertModel",),
-        id2label={},
-    )
-    return SentenceEmbedder(BertEncoder(config), "mean", True).eval()
-
-
-def _feeds(n: int = 48, seq: int = 24) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    ids = rng.integers(5, 300, size=(n, seq)).astype(np.int64)
-    mask = np.ones_like(ids)
-    for i, length in enumerate(rng.integers(6, seq + 1, size=n)):
-        mask[i, length:] = 0
-        ids[i, length:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
+pytest.importorskip("torch")
 
 
 def _export(tmp: Path, prefer: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from maas_training.textexport import export_text_model
-
     monkeypatch.delenv("MAAS_ONNX_EXPORTER", raising=False)
-    path = tmp / f"{prefer}.onnx"
-    info = export_text_model(
-        _encoder(),
-        path,
-        feeds=_feeds(),
-        output_name="embedding",
-        class_names=None,
-        metadata={},
-        prefer=prefer,
-    )
-    assert info.exporter == prefer
-    return path
+    return tinybert.export(tmp, prefer)
 
 
 def _ops(path: Path) -> Counter[str]:
     return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
-
-
-def _sample() -> dict[str, np.ndarray]:
-    return {f"input__{k}": v for k, v in _feeds().items()}
 
 
 def test_fused_candidate_runs_attention_as_one_int8_kernel(tmp_path, monkeypatch):
@@ -84,7 +36,7 @@ def test_fused_candidate_runs_attention_as_one_int8_kernel(tmp_path, monkeypatch
     fp32 = _export(tmp_path, "torchscript", monkeypatch)
     # WHEN the optimizer searches with the transformer entry
     sel = optimize_model(
-        fp32, _sample(), None, tmp_path / "cand", task="embedding", transformer=ARCH,
+        fp32, tinybert.sample(), None, tmp_path / "cand", task="embedding", transformer=ARCH,
         timing_repeats=10, timing_budget_s=2.0,
     )  # fmt: skip
     fused = next(c for c in sel.candidates if c.recipe == FUSED_DYNAMIC_PER_CHANNEL)
@@ -105,7 +57,7 @@ def test_fused_candidate_runs_attention_as_one_int8_kernel(tmp_path, monkeypatch
     assert entry["note"].startswith("fused ")
     # AND the file serves through the serving function's session with the same outputs
     sess = new_session(fused.path, 1)
-    feeds = {k: v[:3] for k, v in _feeds().items()}
+    feeds = {k: v[:3] for k, v in tinybert.feeds().items()}
     got = sess.run(None, feeds)[0]
     ref = new_session(fp32, 1).run(None, feeds)[0]
     cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
@@ -115,7 +67,7 @@ def test_fused_candidate_runs_attention_as_one_int8_kernel(tmp_path, monkeypatch
 def test_no_fused_candidate_without_a_transformer_entry(tmp_path, monkeypatch):
     fp32 = _export(tmp_path, "torchscript", monkeypatch)
     sel = optimize_model(
-        fp32, _sample(), None, tmp_path / "cand", task="embedding",
+        fp32, tinybert.sample(), None, tmp_path / "cand", task="embedding",
         timing_repeats=10, timing_budget_s=1.0,
     )  # fmt: skip
     assert FUSED_DYNAMIC_PER_CHANNEL not in {c.recipe for c in sel.candidates}
@@ -125,7 +77,7 @@ def test_graph_whose_attention_does_not_fuse_records_why_and_is_not_chosen(tmp_p
     # The dynamo exporter's attention subgraph is not a pattern ONNX Runtime's fusion knows.
     fp32 = _export(tmp_path, "dynamo", monkeypatch)
     sel = optimize_model(
-        fp32, _sample(), None, tmp_path / "cand", task="embedding", transformer=ARCH,
+        fp32, tinybert.sample(), None, tmp_path / "cand", task="embedding", transformer=ARCH,
         timing_repeats=10, timing_budget_s=1.0,
     )  # fmt: skip
     fused = next(c for c in sel.candidates if c.recipe == FUSED_DYNAMIC_PER_CHANNEL)
