@@ -24,25 +24,27 @@ LEVELS = ("BASIC", "EXTENDED", "ALL", "ALL-noSkipLN")
 NO_SKIP_LN = "-noSkipLN"
 
 
-def _options(level: str, threads: int, spin: bool) -> Any:
+def _session(path: Path, level: str, threads: int, spin: bool) -> Any:
+    """Serving's session (maas.ortsession) with this configuration's level and spinning."""
     import onnxruntime as ort
+    from maas.ortsession import DISABLED_OPTIMIZERS, session_options
 
-    so = ort.SessionOptions()
     base = level.removesuffix(NO_SKIP_LN)
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{base}")
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    so.log_severity_level = 3
-    return so
+    return ort.InferenceSession(
+        str(path),
+        session_options(
+            threads,
+            level=getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{base}"),
+            spinning=spin,
+        ),
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(DISABLED_OPTIMIZERS) if level.endswith(NO_SKIP_LN) else [],
+    )
 
 
 def measure(
     path: Path, feeds1: dict[str, np.ndarray], feeds32: dict[str, np.ndarray], budget_s: float
 ) -> list[dict[str, Any]]:
-    import onnxruntime as ort
-
     # One thread has no workers to spin: only two threads try spinning.
     configs = [(lvl, t, spin) for lvl in LEVELS for t, spin in ((1, False), (2, False), (2, True))]
     sessions = {}
@@ -51,12 +53,7 @@ def measure(
         creates = []
         for _ in range(5):
             t0 = time.perf_counter()
-            sess = ort.InferenceSession(
-                str(path),
-                _options(*cfg),
-                providers=["CPUExecutionProvider"],
-                disabled_optimizers=["SkipLayerNormFusion"] if cfg[0].endswith(NO_SKIP_LN) else [],
-            )
+            sess = _session(path, *cfg)
             creates.append((time.perf_counter() - t0) * 1e3)
         sessions[cfg] = sess
         for _ in range(3):

@@ -150,6 +150,14 @@ def function_layers(template: dict[str, Any], function: str) -> list[str]:
     return [layer["Ref"] for layer in layers if isinstance(layer, dict) and "Ref" in layer]
 
 
+def lambda_sys_path(build_dir: Path, function: str, runtime: Path) -> list[str]:
+    """sys.path as Lambda lays out a built function: its code, its layers, then the runtime's."""
+    template = load_template(TEMPLATE)
+    paths = [str(build_dir / function)]
+    paths += [str(build_dir / layer / "python") for layer in function_layers(template, function)]
+    return [*paths, str(runtime)]
+
+
 def test_sam_validate_lint(sam_env: tuple[str, dict[str, str], str]) -> None:
     sam, env, _ = sam_env
     result = run([sam, "validate", "--lint", "--template-file", str(TEMPLATE)], env, timeout=600)
@@ -265,10 +273,7 @@ def test_built_handler_imports(
     """Each handler imports from its build output alone, as Lambda lays it out (-S: no site):
     the function, its layers, then the runtime's own packages (boto3)."""
     _, env, python312 = sam_env
-    template = load_template(TEMPLATE)
-    paths = [str(build_dir / function)]
-    paths += [str(build_dir / layer / "python") for layer in function_layers(template, function)]
-    paths.append(str(lambda_runtime))
+    paths = lambda_sys_path(build_dir, function, lambda_runtime)
     model = tmp_path / "model.onnx"
     model.write_bytes(iris_model.onnx)
     heavy = {
@@ -332,11 +337,7 @@ def test_built_optimizer_fuses_a_transformer(
     monkeypatch.delenv("MAAS_ONNX_EXPORTER", raising=False)
     fp32 = tinybert.export(tmp_path, "torchscript")
     _, env, python312 = sam_env
-    template = load_template(TEMPLATE)
-    function = "OptimizeFunction"
-    paths = [str(build_dir / function)]
-    paths += [str(build_dir / layer / "python") for layer in function_layers(template, function)]
-    paths.append(str(lambda_runtime))
+    paths = lambda_sys_path(build_dir, "OptimizeFunction", lambda_runtime)
     result = subprocess.run(
         [python312, "-S", "-c", FUSION_SMOKE, json.dumps(paths), str(fp32), str(tmp_path),
          json.dumps(tinybert.ARCH)],

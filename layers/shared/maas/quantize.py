@@ -316,6 +316,7 @@ def _build_fused_dynamic(
     raises when attention did not fuse, since the candidate would then be
     dynamic-int8-per-channel again.
     """
+    from onnx import TensorProto
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model as fuse
 
@@ -336,8 +337,6 @@ def _build_fused_dynamic(
         raise ValueError(f"attention did not fuse (fused: {stats or 'nothing'})")
     fused_path = workdir / "model.fused.onnx"
     fused.save_model_to_file(str(fused_path))
-    from onnx import TensorProto
-
     # Shape inference cannot type the outputs of contrib ops (Attention, BiasGelu): the
     # tensors it leaves untyped are fp32 activations.
     _build_dynamic(
