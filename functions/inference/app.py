@@ -256,41 +256,38 @@ def _emit_metrics(function_name: str) -> None:
         return
     service = os.environ.get("POWERTOOLS_SERVICE_NAME", "maas-inference")
     now = int(time.time() * 1000)
+
+    def emf(dimensions: list[str], units: dict[str, str], fields: dict[str, Any]) -> dict:
+        return {
+            "_aws": {
+                "Timestamp": now,
+                "CloudWatchMetrics": [
+                    {
+                        "Namespace": namespace,
+                        "Dimensions": [dimensions],
+                        "Metrics": [{"Name": n, "Unit": u} for n, u in units.items()],
+                    }
+                ],
+            },
+            **fields,
+        }
+
     lines = []
     if values:
         lines.append(
-            {
-                "_aws": {
-                    "Timestamp": now,
-                    "CloudWatchMetrics": [
-                        {
-                            "Namespace": namespace,
-                            "Dimensions": [["service"]],
-                            "Metrics": [{"Name": n, "Unit": "Milliseconds"} for n in values],
-                        }
-                    ],
-                },
-                "service": service,
-                **{n: [v] for n, v in values.items()},
-            }
+            emf(
+                ["service"],
+                dict.fromkeys(values, "Milliseconds"),
+                {"service": service, **{n: [v] for n, v in values.items()}},
+            )
         )
     if cold:
         lines.append(
-            {
-                "_aws": {
-                    "Timestamp": now,
-                    "CloudWatchMetrics": [
-                        {
-                            "Namespace": namespace,
-                            "Dimensions": [["function_name", "service"]],
-                            "Metrics": [{"Name": "ColdStart", "Unit": "Count"}],
-                        }
-                    ],
-                },
-                "function_name": function_name,
-                "service": service,
-                "ColdStart": [1.0],
-            }
+            emf(
+                ["function_name", "service"],
+                {"ColdStart": "Count"},
+                {"function_name": function_name, "service": service, "ColdStart": [1.0]},
+            )
         )
     for line in lines:
         sys.stdout.write(json.dumps(line) + "\n")
