@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         x_test = x_test.astype(np.float32)
         prose = models.long_text()
         text128 = warm.text_of_tokens(minilm.dir / "tokenizer.json", 128, prose)
-        from maas.textprep import load_encoder
+        from maas.serving.textprep import load_encoder
 
         spec = json.loads((minilm.dir / "text.json").read_text())
         encoder = load_encoder(spec, minilm.dir)
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log("warm latency")
         saved_env = dict(os.environ)
         os.environ.update(env)
-        from maas.config import settings
+        from maas.core.config import settings
 
         settings.cache_clear()
         try:

@@ -55,13 +55,13 @@ def _client(stack: Any, service: str) -> Any:
 
 
 def _registry(stack: Any) -> Any:
-    from maas.registry import Registry
+    from maas.core.registry import Registry
 
     return Registry(stack.outputs["RegistryTableName"], client=_client(stack, "dynamodb"))
 
 
 def _job_name(stack: Any, model: str, run: str, trigger_key: str, bucket: str) -> str:
-    from maas.names import job_name
+    from maas.core.names import job_name
 
     head = _client(stack, "s3").head_object(Bucket=bucket, Key=trigger_key)
     identity = head.get("VersionId") or head["ETag"].strip('"')
@@ -133,7 +133,7 @@ def wait_serving(stack: Any, pending: Pending, timeout: float = 1500) -> tuple[i
 
 def fetch_served(stack: Any, model: str, version: int, job: str, dest: Path) -> Served:
     """The served files (model.onnx, manifest.json, text files) into `dest`."""
-    from maas.artifacts import MANIFEST_FILE, model_prefix
+    from maas.core.artifacts import MANIFEST_FILE, model_prefix
 
     s3 = _client(stack, "s3")
     bucket = stack.outputs["ArtifactBucketName"]

@@ -104,7 +104,7 @@ def probe(pairs: int = 3000) -> dict[str, Any]:
     )
     for name in ("AWS_ENDPOINT_URL", "ALIAS_TTL_S", "PRELOAD_MODELS"):
         os.environ.pop(name, None)
-    from maas.config import settings
+    from maas.core.config import settings
 
     settings.cache_clear()
     try:
@@ -123,8 +123,8 @@ def probe(pairs: int = 3000) -> dict[str, Any]:
                 ],
             )
             clf, x = helpers.train_tiny_classifier("digits")
-            from maas.registry import Registry
-            from maas.storage import Storage
+            from maas.core.registry import Registry
+            from maas.core.storage import Storage
 
             helpers.publish_model(
                 Registry("maas-registry"), Storage(), "digits", 1, clf.onnx_bytes(), promote=True

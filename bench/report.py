@@ -293,7 +293,7 @@ def _session_options(r: dict[str, Any]) -> list[str]:
         "Graph optimisation level x intra-op threads x spinning, on the served files "
         "(bench/session_options.py; ALL-noSkipLN: ALL without ONNX Runtime's "
         "SkipLayerNormalization fusion). Batch 1 of MiniLM is the 128-token text. The serving "
-        "defaults (maas/ortsession.py) follow the best for one thread.",
+        "defaults (maas/serving/ortsession.py) follow the best for one thread.",
         "",
         "| model | level | threads | spinning | create (ms) | batch 1 p50 (ms) | "
         "batch 32 p50 (ms) | CPU per batch-1 run (ms) |",

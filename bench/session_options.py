@@ -7,7 +7,7 @@ pays it), latency p50 at batch 1 and batch 32 (interleaved round-robin across co
 and the CPU time per batch-1 run (spinning threads burn CPU between runs, and on a 1-vCPU
 function that CPU is the request's own).
 
-maas.ortsession holds what this chose (its docstring cites the run).
+maas.serving.ortsession holds what this chose (its docstring cites the run).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ NO_SKIP_LN = "-noSkipLN"
 
 
 def _session(path: Path, level: str, threads: int, spin: bool) -> Any:
-    """Serving's session (maas.ortsession) with this configuration's level and spinning."""
+    """Serving's session (maas.serving.ortsession) with this configuration's level and spinning."""
     import onnxruntime as ort
-    from maas.ortsession import DISABLED_OPTIMIZERS, session_options
+    from maas.serving.ortsession import DISABLED_OPTIMIZERS, session_options
 
     base = level.removesuffix(NO_SKIP_LN)
     return ort.InferenceSession(

@@ -120,12 +120,12 @@ class AwsAccount:
         return boto3.client("sagemaker", region_name=helpers.REGION)
 
     def registry(self) -> Any:
-        from maas.registry import Registry
+        from maas.core.registry import Registry
 
         return Registry(self.table)
 
     def storage(self) -> Any:
-        from maas.storage import Storage
+        from maas.core.storage import Storage
 
         return Storage()
 
@@ -151,7 +151,7 @@ def _fresh_boto3_session() -> Any:
 
 
 def _clear_settings() -> None:
-    from maas.config import settings
+    from maas.core.config import settings
 
     settings.cache_clear()
 

@@ -436,9 +436,9 @@ def publish_model(
     `status` stops the version early (TRAINING, OPTIMIZING) for tests of not-ready versions.
     Returns the manifest written.
     """
-    from maas.artifacts import MANIFEST_FILE, MODEL_FILE, model_prefix
-    from maas.names import job_name
-    from maas.registry import OPTIMIZING, READY, TRAINING
+    from maas.core.artifacts import MANIFEST_FILE, MODEL_FILE, model_prefix
+    from maas.core.names import job_name
+    from maas.core.registry import OPTIMIZING, READY, TRAINING
 
     manifest: dict[str, Any] = {
         "model": model,

@@ -14,8 +14,8 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
-from maas import admin
-from maas.registry import Conflict, NotFound, Registry
+from maas.admin import service as admin
+from maas.core.registry import Conflict, NotFound, Registry
 from pydantic import BaseModel, ValidationError
 
 logger = Logger()
@@ -31,7 +31,7 @@ class Forbidden(PermissionError):
 def registry() -> Registry:
     global _registry
     if _registry is None:
-        from maas.config import settings
+        from maas.core.config import settings
 
         _registry = Registry(settings().registry_table)
     return _registry

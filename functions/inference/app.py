@@ -35,14 +35,14 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from maas import __version__
-from maas.oip import (
+from maas.serving.oip import (
     HEADER_LENGTH,
     PayloadTooLarge,
     ProtocolError,
     decode_request,
     encode_infer_response,
 )
-from maas.serving import ModelNotFound, ModelStore, ModelUnavailable
+from maas.serving.store import ModelNotFound, ModelStore, ModelUnavailable
 
 logger = logging.getLogger("maas.inference")
 MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
@@ -55,7 +55,7 @@ def store() -> ModelStore:
     """Built on first use, so a cold start that cannot reach AWS fails the request, not init."""
     global _store
     if _store is None:
-        from maas.config import settings
+        from maas.core.config import settings
 
         _store = ModelStore.from_settings(settings())
     return _store
@@ -304,7 +304,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def _preload() -> None:
-    from maas.config import settings
+    from maas.core.config import settings
 
     wanted = settings().preload_models.strip()
     if not wanted:

@@ -15,12 +15,12 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from maas.config import settings
-from maas.deadletter import DeadLetters
-from maas.ingest import Ingest
-from maas.jobs import backend_for
-from maas.registry import Registry
-from maas.storage import Storage
+from maas.core.config import settings
+from maas.core.registry import Registry
+from maas.core.storage import Storage
+from maas.ingest.deadletter import DeadLetters
+from maas.ingest.jobs import backend_for
+from maas.ingest.service import Ingest
 
 logger = Logger()
 tracer = Tracer()

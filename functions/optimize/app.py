@@ -8,10 +8,10 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from maas.config import settings
-from maas.optimize import Optimizer
-from maas.registry import Registry
-from maas.storage import Storage
+from maas.core.config import settings
+from maas.core.registry import Registry
+from maas.core.storage import Storage
+from maas.optimize.service import Optimizer
 
 logger = Logger()
 tracer = Tracer()

@@ -2,7 +2,7 @@
 
 Through the API whenever the stack publishes its ApiUrl (a deployed stack, the local stack),
 so what the CLI does is exactly what the API allows and audits; straight to the registry
-table only for a stack without one. Both return the admin API's documents (maas.admin).
+table only for a stack without one. Both return the admin API's documents (maas.admin.service).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class DirectAdmin:
     """The same operations on the registry table, for a stack that has no API URL."""
 
     def __init__(self, stack: StackHandle) -> None:
-        from maas.registry import Registry
+        from maas.core.registry import Registry
 
         self.registry = Registry(
             stack.outputs["RegistryTableName"], client=stack.client("dynamodb")
@@ -106,8 +106,8 @@ class DirectAdmin:
             return f"user:{os.environ.get('USER', 'unknown')}"
 
     def _run(self, fn: Any, *args: Any) -> dict[str, Any]:
-        from maas import admin
-        from maas.registry import Conflict, NotFound
+        from maas.admin import service as admin
+        from maas.core.registry import Conflict, NotFound
 
         try:
             result = fn(self.registry, *args)
@@ -120,34 +120,34 @@ class DirectAdmin:
         return dict(result.model_dump())
 
     def models(self) -> dict[str, Any]:
-        from maas import admin
+        from maas.admin import service as admin
 
         return self._run(admin.list_models)
 
     def versions(self, model: str) -> dict[str, Any]:
-        from maas import admin
+        from maas.admin import service as admin
 
         return self._run(admin.list_versions, model)
 
     def audit(self, model: str) -> dict[str, Any]:
-        from maas import admin
+        from maas.admin import service as admin
 
         return self._run(admin.audit_log, model)
 
     def promote(self, model: str, version: int, reason: str) -> dict[str, Any]:
-        from maas import admin
+        from maas.admin import service as admin
 
         body = admin.PromoteRequest(version=version, reason=reason)
         return self._run(admin.promote, model, body, self._actor())
 
     def canary(self, model: str, version: int | None, weight: float, reason: str) -> dict[str, Any]:
-        from maas import admin
+        from maas.admin import service as admin
 
         body = admin.CanaryRequest(version=version, weight=weight, reason=reason)
         return self._run(admin.set_canary, model, body, self._actor())
 
     def rollback(self, model: str, reason: str) -> dict[str, Any]:
-        from maas import admin
+        from maas.admin import service as admin
 
         body = admin.RollbackRequest(reason=reason)
         return self._run(admin.rollback, model, body, self._actor())

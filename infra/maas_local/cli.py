@@ -18,7 +18,7 @@ STATE_DIR = Path(os.environ.get("MAAS_STATE_DIR", Path.home() / ".cache" / "maas
 
 
 def _registry(stack: StackHandle) -> Any:
-    from maas.registry import Registry
+    from maas.core.registry import Registry
 
     return Registry(stack.outputs["RegistryTableName"], client=stack.client("dynamodb"))
 
@@ -77,8 +77,8 @@ def upload(
     job: dict[str, Any] | None = None,
 ) -> str:
     """Upload a dataset; returns the training job name the upload maps to."""
-    from maas.names import check_model_name, check_run_name, job_name
-    from maas.uploads import Upload, classify
+    from maas.core.names import check_model_name, check_run_name, job_name
+    from maas.ingest.uploads import Upload, classify
 
     check_model_name(model)
     s3 = stack.client("s3")
@@ -131,7 +131,7 @@ def wait_for(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Wait until the run's version is final; returns the version record (as a dict)."""
-    from maas.registry import FINAL_STATUSES
+    from maas.core.registry import FINAL_STATUSES
 
     registry = _registry(stack)
     if job is None:
@@ -338,7 +338,7 @@ def pack_training_code(dest: Path) -> Path:
                 tar.add(path, arcname=str(rel))
         # The text encoders the inference function runs, byte for byte (maas_training.textprep).
         tar.add(
-            repo / "layers" / "shared" / "maas" / "textprep.py",
+            repo / "layers" / "shared" / "maas" / "serving" / "textprep.py",
             arcname="maas_training/_shared/textprep.py",
         )
     return dest
@@ -347,7 +347,7 @@ def pack_training_code(dest: Path) -> Path:
 def cmd_push_training_code(args: argparse.Namespace) -> int:
     import tempfile
 
-    from maas.storage import parse_s3_uri
+    from maas.core.storage import parse_s3_uri
 
     stack = connect()
     uri = stack.outputs.get("TrainingCodeS3Uri")

@@ -3,10 +3,10 @@
     python -m maas_local.openapi          # (re)write docs/openapi.json  (`make openapi`)
     python -m maas_local.openapi --check  # exit 1 when docs/openapi.json is stale
 
-The schemas come from maas.oip (the Open Inference Protocol wire models) and maas.admin (the
-management API's); the operations below list every route. tests/unit/test_openapi.py fails
-when the committed document is stale, or when it, the handlers' routes and template.yaml's
-routes disagree.
+The schemas come from maas.serving.oip (the Open Inference Protocol wire models) and
+maas.admin.service (the management API's); the operations below list every route.
+tests/unit/test_openapi.py fails when the committed document is stale, or when it, the
+handlers' routes and template.yaml's routes disagree.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maas import __version__, admin, oip
+from maas import __version__
+from maas.admin import service as admin
+from maas.serving import oip
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 

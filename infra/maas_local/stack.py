@@ -187,7 +187,7 @@ class LocalStack:
             else:
                 os.environ[key] = value
         self._saved_env = {}
-        from maas.config import settings
+        from maas.core.config import settings
 
         settings.cache_clear()
 
@@ -383,7 +383,7 @@ class LocalStack:
         # was there so stop() can put it back (tests and `maas demo` run more after us).
         self._saved_env = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
-        from maas.config import settings
+        from maas.core.config import settings
 
         settings.cache_clear()
 

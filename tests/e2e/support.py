@@ -15,7 +15,7 @@ from maas_local.stack import LocalStack, LocalStackConfig, free_port
 @contextmanager
 def running_stack(workdir: Path, **options: Any) -> Iterator[LocalStack]:
     """A local stack on free ports; the process environment it set is put back afterwards."""
-    from maas.config import settings
+    from maas.core.config import settings
 
     saved = dict(os.environ)
     cfg = LocalStackConfig(aws_port=free_port(), api_port=free_port(), workdir=workdir, **options)
@@ -33,8 +33,8 @@ def publish(
     stack: LocalStack, model: str, version: int, onnx_bytes: bytes, *, promote: bool = False
 ) -> None:
     """What the optimizer leaves behind, written into the stack's bucket and table."""
-    from maas.registry import Registry
-    from maas.storage import Storage
+    from maas.core.registry import Registry
+    from maas.core.storage import Storage
 
     registry = Registry(stack.outputs["RegistryTableName"], client=stack.client("dynamodb"))
     publish_model(

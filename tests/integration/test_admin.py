@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from helpers import event_file, http_event, load_handler, publish_model
-from maas import admin
+from maas.admin import service as admin
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
 

@@ -1,4 +1,4 @@
-"""maas.awslite: the inference function's light AWS reads, against botocore and a moto server.
+"""maas.serving.awslite: the inference function's light AWS reads, vs botocore and a moto server.
 
 The signatures must be botocore's, byte for byte; the reads must return what boto3's Table
 resource and S3 client return; errors must be botocore's exceptions with the service's code.
@@ -19,8 +19,8 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 from botocore.exceptions import ClientError, EndpointConnectionError
-from maas import awslite
-from maas.awslite import Credentials, Session, sign
+from maas.serving import awslite
+from maas.serving.awslite import Credentials, Session, sign
 
 NOW = datetime(2026, 1, 15, 10, 40, 0, tzinfo=UTC)
 CREDS = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "token/+=")
@@ -225,7 +225,7 @@ def test_s3_reads_match_botocores(moto_url: str, session: Session, tmp_path: Pat
         lite.get_object(Bucket="art", Key="nope")
     assert info.value.response["Error"]["Code"] == "NoSuchKey"
     # What Storage turns into ObjectMissing, as it does for botocore's client.
-    from maas.storage import ObjectMissing, Storage
+    from maas.core.storage import ObjectMissing, Storage
 
     with pytest.raises(ObjectMissing):
         Storage(lite).get_bytes("art", "nope")
@@ -239,10 +239,10 @@ def test_registry_and_store_read_through_the_light_clients(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from helpers import ARTIFACT_BUCKET, publish_model
-    from maas.config import Settings
-    from maas.registry import Registry
-    from maas.serving import ModelStore
-    from maas.storage import Storage
+    from maas.core.config import Settings
+    from maas.core.registry import Registry
+    from maas.core.storage import Storage
+    from maas.serving.store import ModelStore
 
     ddb = _boto("dynamodb", moto_url)
     ddb.create_table(

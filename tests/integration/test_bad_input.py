@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import http_event, infer_body, load_handler, publish_model
-from maas.config import settings
-from maas.oip import MAX_BYTES_ELEMENT
+from maas.core.config import settings
+from maas.serving.oip import MAX_BYTES_ELEMENT
 
 SECTION = "Bad input at the API"
 HEADER = "inference-header-content-length"

@@ -23,7 +23,7 @@ from helpers import (
     publish_model,
     train_tiny_classifier,
 )
-from maas.config import settings
+from maas.core.config import settings
 
 # Powertools warns on every request that adds no metric (health, errors): expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
@@ -558,8 +558,8 @@ def test_inference_handler_never_imports_torch(tmp_path: Any, iris_model: Any) -
                                       {{"AttributeName": "sk", "AttributeType": "S"}}])
             app = load_handler("inference")
             from helpers import publish_model
-            from maas.registry import Registry
-            from maas.storage import Storage
+            from maas.core.registry import Registry
+            from maas.core.storage import Storage
             publish_model(Registry("maas-registry"), Storage(), "iris", 1,
                           open({str(model_file)!r}, "rb").read(), promote=True)
             ctx = FakeLambdaContext()

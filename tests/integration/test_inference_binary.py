@@ -19,8 +19,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from helpers import http_event, infer_body, load_handler, publish_model
-from maas.config import settings
-from maas.oip import InferenceResponse
+from maas.core.config import settings
+from maas.serving.oip import InferenceResponse
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 

@@ -22,12 +22,12 @@ from helpers import (
     s3_test_event,
     sqs_event,
 )
-from maas.config import settings
-from maas.ingest import Ingest
-from maas.jobs import SageMakerBackend
-from maas.names import job_name
-from maas.registry import FAILED, TRAINING, Registry
-from maas.storage import Storage
+from maas.core.config import settings
+from maas.core.names import job_name
+from maas.core.registry import FAILED, TRAINING, Registry
+from maas.core.storage import Storage
+from maas.ingest.jobs import SageMakerBackend
+from maas.ingest.service import Ingest
 
 CSV = b"f1,f2,label\n1.0,2.0,a\n3.0,4.0,b\n"
 SAGEMAKER_JOB_NAME = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"

@@ -24,10 +24,10 @@ from helpers import (
     s3_notification,
     sqs_event,
 )
-from maas.ingest import Ingest
-from maas.names import job_name
-from maas.registry import FAILED, TRAINING, Registry, pad_sequencer
-from maas.storage import Storage
+from maas.core.names import job_name
+from maas.core.registry import FAILED, TRAINING, Registry, pad_sequencer
+from maas.core.storage import Storage
+from maas.ingest.service import Ingest
 from maas_local.stack import sqs_record
 
 SECTION = "Ingest events"

@@ -11,13 +11,13 @@ from typing import Any
 import helpers
 import numpy as np
 import pytest
-from maas.names import job_name
+from maas.core.names import job_name
 
 pytestmark = pytest.mark.usefixtures("aws")
 
 
 def _model_tarball(model: Any, *, drop: tuple[str, ...] = ()) -> bytes:
-    """What the training job leaves in model.tar.gz, per maas/artifacts.py."""
+    """What the training job leaves in model.tar.gz, per maas/core/artifacts.py."""
     x = model.features.astype(np.float32)
     clf = model.classifier
     logits = ((x - clf.mean) / clf.scale) @ clf.weights.T + clf.bias

@@ -29,7 +29,7 @@ from helpers import (
     put_and_notify,
     sqs_event,
 )
-from maas.config import settings
+from maas.core.config import settings
 from maas_local.runner import TrainingRunner
 from test_optimize import _event, _model_tarball, _optimize, _start_run, _upload_artifact
 
@@ -168,12 +168,12 @@ def test_broken_artifact_or_optimizer_crash_fails_v2_and_promotes_nothing(
 ) -> None:  # fmt: skip
     event = _completion(aws, iris_model, fault)
     if fault == "optimizer crash":
-        import maas.quantize
+        import maas.optimize.quantize
 
         def crash(*args: Any, **kwargs: Any) -> Any:
             raise MemoryError("onnxruntime could not allocate 3 GB")
 
-        monkeypatch.setattr(maas.quantize, "optimize_model", crash)
+        monkeypatch.setattr(maas.optimize.quantize, "optimize_model", crash)
 
     result = _optimize(event, lambda_context)
 

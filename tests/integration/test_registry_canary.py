@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 import pytest
-from maas.registry import (
+from maas.core.registry import (
     OPTIMIZING,
     PROD,
     READY,

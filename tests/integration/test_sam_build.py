@@ -193,7 +193,10 @@ def test_sam_build_layout(build_dir: Path) -> None:
         assert not (build_dir / "RuntimeLayer/python/onnxruntime" / name).exists(), name
     assert not list((build_dir / "RuntimeLayer/python/numpy").glob("**/tests"))
     # Bytecode that a read-only /opt can use: compiled for 3.12, not invalidated by timestamps.
-    for module in ("SharedLayer/python/maas/serving", "RuntimeLayer/python/onnxruntime/__init__"):
+    for module in (
+        "SharedLayer/python/maas/serving/store",
+        "RuntimeLayer/python/onnxruntime/__init__",
+    ):
         path = build_dir / module
         pyc = path.parent / "__pycache__" / f"{path.name}.cpython-312.pyc"
         assert pyc.is_file(), pyc
@@ -241,7 +244,7 @@ assert not {"boto3", "botocore.session", "pydantic"} & set(sys.modules), "cold p
 s = ort.InferenceSession(sys.argv[-1], providers=["CPUExecutionProvider"])
 out = s.run(None, {"input": np.zeros((2, 4), np.float32)})
 assert out[0].shape == (2, 3), out
-import tokenizers, maas.textserving, maas.awslite
+import tokenizers, maas.serving.textserving, maas.serving.awslite
 """
 
 
@@ -309,7 +312,7 @@ FUSION_SMOKE = """
 import json, sys
 from pathlib import Path
 sys.path[:0] = json.loads(sys.argv[1])
-from maas.quantize import EMBEDDING_OP_TYPES, _build_fused_dynamic
+from maas.optimize.quantize import EMBEDDING_OP_TYPES, _build_fused_dynamic
 work = Path(sys.argv[3])
 note = _build_fused_dynamic(Path(sys.argv[2]), work / "fused.onnx",
     transformer=json.loads(sys.argv[4]), op_types=EMBEDDING_OP_TYPES, workdir=work)

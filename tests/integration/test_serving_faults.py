@@ -27,8 +27,8 @@ from helpers import (
     load_handler,
     publish_model,
 )
-from maas.config import Settings, settings
-from maas.serving import ModelStore, ModelUnavailable
+from maas.core.config import Settings, settings
+from maas.serving.store import ModelStore, ModelUnavailable
 
 SECTION = "Serving faults"
 
@@ -166,8 +166,8 @@ def split_aws(
     tmp_path: Path,
     iris_model: Any,
 ) -> Iterator[SplitAws]:
-    from maas.registry import Registry
-    from maas.storage import Storage
+    from maas.core.registry import Registry
+    from maas.core.storage import Storage
     from maas_local.stack import free_port
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 from helpers import http_event, infer_body, load_handler, publish_model
-from maas.config import Settings, settings
-from maas.oip import decode_request
-from maas.serving import Route
+from maas.core.config import Settings, settings
+from maas.serving.oip import decode_request
+from maas.serving.store import Route
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from cfn_template import load_template
 from helpers import http_event, infer_body, load_handler, publish_model
-from maas.config import settings
+from maas.core.config import settings
 
 
 def _ask(app: Any, context: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""A text model served by the inference handler: BYTES in, through maas/textprep.py, to the graph.
+"""A text model served by the inference handler: BYTES in, through maas.serving.textprep, to graph.
 
 The model is a real (tiny) embedding-bag classifier over hashed n-gram ids, built with
 onnx.helper; the manifest carries text.json's sha256 as the optimizer writes it.
@@ -57,7 +57,7 @@ def _ngram_classifier() -> bytes:
 
 
 def _publish(aws: Any, text_json: bytes, listed_sha: str | None = None) -> None:
-    from maas.textprep import HashedNgrams
+    from maas.serving.textprep import HashedNgrams
 
     spec = json.loads(text_json)
     publish_model(
@@ -89,7 +89,7 @@ def _post(handler: Any, ctx: Any, body: dict) -> tuple[int, dict]:
 
 
 def test_bytes_text_is_encoded_by_the_shared_module_and_served(aws: Any, lambda_context) -> None:
-    from maas.textprep import HashedNgrams
+    from maas.serving.textprep import HashedNgrams
 
     # GIVEN a promoted text model whose manifest lists text.json
     text_json = json.dumps(HashedNgrams(buckets=BUCKETS).spec()).encode()
@@ -102,7 +102,7 @@ def test_bytes_text_is_encoded_by_the_shared_module_and_served(aws: Any, lambda_
         lambda_context,
         {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": texts}]},
     )
-    # THEN the graph ran on the ids maas.textprep makes, and metadata shows the text input
+    # THEN the graph ran on the ids maas.serving.textprep makes, and metadata shows the text input
     assert status == 200, doc
     out = {o["name"]: o for o in doc["outputs"]}
     assert out["probabilities"]["shape"] == [3, 2]
@@ -132,7 +132,7 @@ def test_bytes_text_is_encoded_by_the_shared_module_and_served(aws: Any, lambda_
 def test_text_file_failing_its_checksum_makes_the_version_unavailable(
     aws: Any, lambda_context
 ) -> None:
-    from maas.textprep import HashedNgrams
+    from maas.serving.textprep import HashedNgrams
 
     text_json = json.dumps(HashedNgrams(buckets=BUCKETS).spec()).encode()
     _publish(aws, text_json, listed_sha="0" * 64)
@@ -148,8 +148,8 @@ def test_optimizer_publishes_text_files_and_plot_with_their_checksums(aws: Any) 
     import io
     import tarfile
 
-    from maas.names import job_name
-    from maas.textprep import HashedNgrams
+    from maas.core.names import job_name
+    from maas.serving.textprep import HashedNgrams
     from test_optimize import _event
 
     # GIVEN a text model's training artifact: text.json, the sample's ids and raw text, a plot

@@ -1,9 +1,9 @@
 """The optimizer's transformer candidate: ONNX Runtime's fusions, then int8 attention.
 
 A small BERT encoder (2 layers, 4 heads, random weights) exported the way the import job
-exports pretrained encoders (textexport, TorchScript first), then maas.quantize with the
+exports pretrained encoders (textexport, TorchScript first), then maas.optimize.quantize with the
 ``transformer`` entry the import job writes into schema.json. Serving sessions leave
-SkipLayerNormalization unfused (maas.ortsession); the fused candidate keeps it unfused too.
+SkipLayerNormalization unfused (maas.serving.ortsession); the fused candidate keeps it unfused too.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 import pytest
 import tinybert
-from maas.ortsession import DISABLED_OPTIMIZERS, new_session
-from maas.quantize import DYNAMIC_PER_CHANNEL, FUSED_DYNAMIC_PER_CHANNEL, optimize_model
+from maas.optimize.quantize import DYNAMIC_PER_CHANNEL, FUSED_DYNAMIC_PER_CHANNEL, optimize_model
+from maas.serving.ortsession import DISABLED_OPTIMIZERS, new_session
 from tinybert import ARCH
 
 pytest.importorskip("torch")

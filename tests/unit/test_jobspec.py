@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from maas.jobspec import InvalidJobSpec, JobSpec, parse_job_json, parse_object_metadata
+from maas.ingest.jobspec import InvalidJobSpec, JobSpec, parse_job_json, parse_object_metadata
 
 pytestmark = pytest.mark.usefixtures("no_network")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from maas.names import InvalidName, check_model_name, check_run_name, job_name, version_key
+from maas.core.names import InvalidName, check_model_name, check_run_name, job_name, version_key
 
 pytestmark = pytest.mark.usefixtures("no_network")
 

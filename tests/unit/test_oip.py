@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from maas.oip import (
+from maas.serving.oip import (
     ProtocolError,
     decode_request,
     encode_output,

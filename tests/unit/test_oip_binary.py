@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from maas.oip import (
+from maas.serving.oip import (
     NP_DTYPES,
     OIP_TO_ORT,
     ORT_TO_OIP,

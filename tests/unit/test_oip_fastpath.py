@@ -1,7 +1,7 @@
 """The codec's fast path accepts only what the pydantic wire schema accepts, and decodes alike.
 
-maas.oip uses a well-formed request as parsed (no pydantic import on a cold start) and sends
-everything else through maas.oipschema. These tests mutate real requests at random and check
+maas.serving.oip uses a well-formed request as parsed (no pydantic import on a cold start) and sends
+everything else through maas.serving.oipschema. These tests mutate real requests at random and check
 that the shortcut never says yes where the schema says no, and that both roads give the same
 request (or the same error).
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from maas import oip
-from maas.oipschema import InferenceRequest
+from maas.serving import oip
+from maas.serving.oipschema import InferenceRequest
 from pydantic import ValidationError
 
 pytestmark = pytest.mark.usefixtures("no_network")

@@ -1,4 +1,4 @@
-"""The optimizer's recipe search (maas.quantize) on a small MLP trained on sklearn digits.
+"""The optimizer's recipe search (maas.optimize.quantize) on a small MLP trained on sklearn digits.
 
 The graph is built here with onnx.helper the way training exports it: standardisation inside
 the graph, Gemm/MatMul layers, Softmax -> "probabilities", ArgMax + Gather over a string
@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from maas import quantize as q
-from maas.quantize import Candidate, optimize_model
+from maas.optimize import quantize as q
+from maas.optimize.quantize import Candidate, optimize_model
 from onnx import TensorProto, helper, numpy_helper
 
 CLASSES = [f"digit-{i}" for i in range(10)]
@@ -471,5 +471,5 @@ def test_load_npz_roundtrip(tmp_path):
 
 
 def test_quantize_does_not_import_torch():
-    code = "import maas.quantize, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import maas.optimize.quantize, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -283,8 +283,8 @@ def test_checkov_finds_nothing_left_unexplained(reliability_report: Any) -> None
     "model, version", [("../iris", 1), ("iris/../x", 1), ("Iris", 1), ("", 1), ("iris", 0)]
 )
 def test_artifact_keys_refuse_names_that_are_not_names(model: str, version: int) -> None:
-    from maas.artifacts import model_prefix
-    from maas.names import InvalidName
+    from maas.core.artifacts import model_prefix
+    from maas.core.names import InvalidName
 
     with pytest.raises(InvalidName):
         model_prefix(model, version)

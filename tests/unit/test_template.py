@@ -57,7 +57,7 @@ INFERENCE_SECURITY = {
 }
 # Actions AWS gives no resource-level permissions for: the only ones allowed on Resource "*".
 STAR_RESOURCE_ACTIONS = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
-# Environment variables the template may set beyond those maas.config reads.
+# Environment variables the template may set beyond those maas.core.config reads.
 NON_CONFIG_ENV = {
     "POWERTOOLS_SERVICE_NAME",
     "POWERTOOLS_METRICS_NAMESPACE",
@@ -525,10 +525,10 @@ def test_admin_function_writes_only_the_registry(tpl: dict[str, Any], res: dict[
 
 
 def test_environment_matches_config() -> None:
-    """Every variable the template sets is one maas.config reads (or a documented extra)."""
-    source = (REPO / "layers/shared/maas/config.py").read_text()
+    """Every variable the template sets is one maas.core.config reads (or a documented extra)."""
+    source = (REPO / "layers/shared/maas/core/config.py").read_text()
     read = set(re.findall(r'env\.get\("([A-Z0-9_]+)"', source))
-    assert read, "maas/config.py reads no environment variables?"
+    assert read, "maas/core/config.py reads no environment variables?"
     tpl = load_template()
     for function in FUNCTIONS:
         unknown = set(function_environment(tpl, function)) - read - NON_CONFIG_ENV

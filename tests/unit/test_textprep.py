@@ -1,4 +1,4 @@
-"""The text encoders (maas/textprep.py): one file, used by serving and by the training job."""
+"""The text encoders (maas/serving/textprep.py): one file, used by serving and by training."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from maas import textprep
-from maas.jobspec import RECIPE_DEFAULTS, RECIPES
+from maas.ingest.jobspec import RECIPE_DEFAULTS, RECIPES
+from maas.serving import textprep
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO / "layers" / "shared" / "maas" / "textprep.py"
+SHARED = REPO / "layers" / "shared" / "maas" / "serving" / "textprep.py"
 
 
 def _word_tokenizer_json() -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from maas import artifacts
+from maas.core import artifacts
 from maas_training.config import decode_value, parse_hyperparameters
 from maas_training.data import encode_labels, load_dataset, split_indices
 from maas_training.errors import TrainingError

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from maas import textprep
+from maas.serving import textprep
 from pretrained import minilm_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def test_ngram_text_classification_writes_the_text_contract(tmp_path: Path) -> N
     schema = json.loads((model_dir / "schema.json").read_text())
     assert schema["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     assert schema["graph_inputs"] == ["ids"]
-    # The served path: text -> maas.textprep -> graph, agreeing with the job's own test score
+    # The served path: text -> maas.serving.textprep -> graph, agreeing with the job's test score
     with np.load(model_dir / "sample.npz", allow_pickle=False) as z:
         texts, target, ids = z["text"], z["target"], z["input__ids"]
     assert texts.dtype.kind == "U" and len(texts) == len(target) == len(ids)

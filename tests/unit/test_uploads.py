@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote_plus
 
 import pytest
-from maas.uploads import Ignored, RejectedUpload, Upload, classify, decode_key
+from maas.ingest.uploads import Ignored, RejectedUpload, Upload, classify, decode_key
 
 pytestmark = pytest.mark.usefixtures("no_network")
 

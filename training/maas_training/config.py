@@ -111,7 +111,7 @@ RECIPES: dict[str, tuple[str, ...]] = {
 SUPPORTED_TASKS = tuple(RECIPES)
 SUPPORTED_RECIPES = tuple(dict.fromkeys(r for rs in RECIPES.values() for r in rs))
 # Defaults that differ by recipe, applied to the keys a job does not set (the same table as
-# maas.jobspec.RECIPE_DEFAULTS).
+# maas.ingest.jobspec.RECIPE_DEFAULTS).
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "ngram": {
         "epochs": 30,
@@ -134,7 +134,7 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """Same names and defaults as maas.jobspec.Hyperparameters (plus task/label/text/recipe)."""
+    """Same names and defaults as maas.ingest.jobspec.Hyperparameters (+ task/label/text/recipe)."""
 
     task: str = "classification"
     label: str = "label"

@@ -7,7 +7,7 @@ is tried once, and the choice is recorded in metrics.json. MAAS_ONNX_EXPORTER=to
 picks the TorchScript exporter up front: it exports this MLP in well under a second where the
 dynamo exporter spends ~5-10 s building its op registry (worth it on a fast local loop only).
 
-Graph contract (see maas/artifacts.py): input "input" FP32 [batch, F] of raw feature values;
+Graph contract (see maas/core/artifacts.py): input "input" FP32 [batch, F] of raw feature values;
 outputs "probabilities" FP32 [batch, C] (softmax inside the graph) and "label" STRING [batch]
 (ArgMax + Gather over a string initializer of class names).
 """

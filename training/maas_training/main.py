@@ -1,4 +1,4 @@
-"""The training job: SM contract in, model dir out (see maas/artifacts.py for the file list)."""
+"""The training job: SM contract in, model dir out (maas/core/artifacts.py lists the files)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from maas_training import log
 from maas_training.config import Cluster, Hyperparameters, Paths, load_hyperparameters
 from maas_training.errors import TrainingError
 
-# Names from maas/artifacts.py (the training container does not ship the `maas` package).
+# Names from maas/core/artifacts.py (the training container does not ship the `maas` package).
 MODEL_FILE = "model.onnx"
 SAMPLE_FILE = "sample.npz"
 CALIBRATION_FILE = "calibration.npz"

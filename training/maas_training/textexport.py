@@ -4,8 +4,8 @@ Same exporter policy as export.py: torch.onnx.export(dynamo=True), the TorchScri
 the fallback (or up front with MAAS_ONNX_EXPORTER=torchscript). Pretrained BERT encoders ask
 for the TorchScript exporter first (``prefer``): ONNX Runtime's transformer fusions recognise
 its attention subgraph and not the dynamo exporter's, and the fused, int8 attention is what
-makes the served encoder fast (maas.quantize, bench/results.md); the dynamo exporter is then
-the fallback. Batch and sequence length are dynamic. Classifiers get the STRING "label" head
+makes the served encoder fast (maas.optimize.quantize, bench/results.md); the dynamo exporter
+is then the fallback. Batch and sequence length are dynamic. Classifiers get the STRING "label" head
 of export.py after "probabilities".
 """
 

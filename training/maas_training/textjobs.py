@@ -1,6 +1,6 @@
 """The text jobs: text classification (ngram, finetune) and pretrained import (embedding, import).
 
-Tokenisation is maas/textprep.py (loaded by maas_training.textprep): the code the inference
+Tokenisation is maas/serving/textprep.py (loaded by maas_training.textprep): the code the inference
 function runs on each request, so the ids the model is trained and gated on are the ids it is
 served. The model dir gets, besides the tabular files, text.json (the encoder spec) and, for
 tokenizer-based models, tokenizer.json.
@@ -262,7 +262,7 @@ def run_import(paths: Paths, hp: Hyperparameters) -> dict[str, Any]:
             "inputs": [TEXT_INPUT],
             "graph_inputs": inputs,
             "outputs": outputs,
-            # For the optimizer's transformer fusions (maas.quantize).
+            # For the optimizer's transformer fusions (maas.optimize.quantize).
             "transformer": {
                 "model_type": "bert",
                 "num_heads": config.num_attention_heads,

@@ -1,4 +1,4 @@
-"""The text encoders shared with serving: the one file layers/shared/maas/textprep.py.
+"""The text encoders shared with serving: the one file layers/shared/maas/serving/textprep.py.
 
 The training container ships training/ only. `maas push-training-code` copies that file into
 the tarball as maas_training/_shared/textprep.py (byte for byte; a test checks it); run from
@@ -18,7 +18,7 @@ from maas_training.errors import TrainingError
 HERE = Path(__file__).resolve().parent
 SHARED_NAME = "textprep.py"
 VENDORED = HERE / "_shared" / SHARED_NAME
-IN_REPOSITORY = HERE.parents[1] / "layers" / "shared" / "maas" / SHARED_NAME
+IN_REPOSITORY = HERE.parents[1] / "layers" / "shared" / "maas" / "serving" / SHARED_NAME
 MODULE_NAME = "maas_training._textprep"
 
 

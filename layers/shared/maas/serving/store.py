@@ -20,15 +20,15 @@ import numpy as np
 import onnxruntime as ort
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .artifacts import MANIFEST_FILE, MODEL_FILE, model_prefix
-from .names import InvalidName, check_model_name
-from .oip import InferRequest, PayloadTooLarge, ProtocolError, oip_datatype, oip_shape
-from .ortsession import new_session
-from .registry import PROD, READY, Alias, NotFound, Registry
-from .storage import ObjectMissing, Storage, sha256_file
+from maas.core.artifacts import MANIFEST_FILE, MODEL_FILE, model_prefix
+from maas.core.names import InvalidName, check_model_name
+from maas.core.registry import PROD, READY, Alias, NotFound, Registry
+from maas.core.storage import ObjectMissing, Storage, sha256_file
+from maas.serving.oip import InferRequest, PayloadTooLarge, ProtocolError, oip_datatype, oip_shape
+from maas.serving.ortsession import new_session
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from maas.core.config import Settings
 
 MB_PER_VCPU = 1769  # Lambda allocates one vCPU per 1769 MB of memory
 log = logging.getLogger(__name__)
@@ -191,8 +191,8 @@ class ModelStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelStore:
-        """A store reading through maas.awslite where it can (see there), else boto3."""
-        from .awslite import Session, wanted
+        """A store reading through maas.serving.awslite where it can (see there), else boto3."""
+        from maas.serving.awslite import Session, wanted
 
         session = Session.from_env() if wanted() else None
         if session is None:
@@ -444,7 +444,11 @@ class ModelStore:
         ]
         preprocess = None
         if manifest.get("text"):
-            from .textserving import TEXT_INPUT_META, TextFilesUnavailable, load_preprocess
+            from maas.serving.textserving import (
+                TEXT_INPUT_META,
+                TextFilesUnavailable,
+                load_preprocess,
+            )
 
             try:
                 preprocess = load_preprocess(

@@ -50,7 +50,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 class Storage:
     def __init__(self, client: Any = None) -> None:
         if client is None:
-            import boto3  # here, not at import: serving passes maas.awslite's client instead
+            import boto3  # not at import: serving passes maas.serving.awslite's client instead
 
             client = boto3.client("s3")
         self.s3 = client

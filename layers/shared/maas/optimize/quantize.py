@@ -59,8 +59,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .artifacts import INPUT_PREFIX, TARGET_KEY
-from .ortsession import new_session
+from maas.core.artifacts import INPUT_PREFIX, TARGET_KEY
+from maas.serving.ortsession import new_session
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _finite(v: float, digits: int = 6) -> float | None:
 
 
 def _session(path: Path, threads: int | None) -> ort.InferenceSession:
-    """The serving function's session (maas.ortsession): candidates are timed as served."""
+    """The serving function's session (maas.serving.ortsession): candidates are timed as served."""
     return new_session(path, threads or 1)
 
 
@@ -312,7 +312,7 @@ def _build_fused_dynamic(
 
     Python-level fusions only (opt_level 0): the session applies its own graph optimisations
     when it loads the file. SkipLayerNormalization stays unfused, as in serving sessions
-    (maas.ortsession says why). Returns the fused operator counts (the candidate's note);
+    (maas.serving.ortsession says why). Returns the fused operator counts (the candidate's note);
     raises when attention did not fuse, since the candidate would then be
     dynamic-int8-per-channel again.
     """

@@ -1,6 +1,6 @@
 """ONNX Runtime sessions as the serving function creates them, in one place.
 
-The optimizer times its candidates with these same sessions (maas.quantize), so a recipe is
+The optimizer times its candidates with these same sessions (maas.optimize.quantize), so a recipe is
 chosen for the speed it will have when served. The options were chosen by measurement on the
 served models (bench/session_options.py; figures in bench/results.md):
 

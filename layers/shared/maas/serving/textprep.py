@@ -1,10 +1,11 @@
 """Text to model inputs: the one implementation the training job and the inference function share.
 
-Serving imports this module from the shared layer (``maas.textprep``). The training container
-ships ``training/`` only, so the training job loads this same file: from the repository when it
-runs locally (``maas_training.textprep`` finds ``layers/shared/maas/textprep.py``), and from the
-copy that ``maas push-training-code`` puts into the code tarball on SageMaker. A test checks the
-copy is byte-identical. Hence: standard library + numpy only, and no imports from ``maas``.
+Serving imports this module from the shared layer (``maas.serving.textprep``). The training
+container ships ``training/`` only, so the training job loads this same file: from the
+repository when it runs locally (``maas_training.textprep`` finds
+``layers/shared/maas/serving/textprep.py``), and from the copy that ``maas push-training-code``
+puts into the code tarball on SageMaker. A test checks the copy is byte-identical. Hence:
+standard library + numpy only, and no imports from ``maas``.
 
 Two encoders, described by a small JSON document (``text.json`` in the model artifact):
 

@@ -9,13 +9,13 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from .deadletter import DeadLetters
-from .jobs import TrainingBackend, TrainingRequest
-from .jobspec import InvalidJobSpec, JobSpec, parse_job_json, parse_object_metadata
-from .names import job_name
-from .registry import FAILED, PROD, TRAINING, Conflict, NotFound, Registry, pad_sequencer
-from .storage import ObjectMissing, Storage
-from .uploads import Ignored, RejectedUpload, Upload, classify, decode_key
+from maas.core.names import job_name
+from maas.core.registry import FAILED, PROD, TRAINING, Conflict, NotFound, Registry, pad_sequencer
+from maas.core.storage import ObjectMissing, Storage
+from maas.ingest.deadletter import DeadLetters
+from maas.ingest.jobs import TrainingBackend, TrainingRequest
+from maas.ingest.jobspec import InvalidJobSpec, JobSpec, parse_job_json, parse_object_metadata
+from maas.ingest.uploads import Ignored, RejectedUpload, Upload, classify, decode_key
 
 logger = Logger(child=True)
 ACTOR = "pipeline:ingest"

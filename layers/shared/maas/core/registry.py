@@ -24,7 +24,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .names import version_key
+from maas.core.names import version_key
 
 TRAINING = "TRAINING"
 OPTIMIZING = "OPTIMIZING"
@@ -161,7 +161,7 @@ def _version_sk(version: int) -> str:
 
 class Registry:
     def __init__(self, table_name: str, *, client: Any = None, table: Any = None) -> None:
-        """`table`: a Table-shaped reader instead of boto3's (serving's maas.awslite.LiteTable).
+        """`table`: a Table-shaped reader instead of boto3's (maas.serving.awslite.LiteTable).
 
         Given one, the registry reads through it and never imports boto3 (a cold inference
         function's first request reads two rows); writes then need a registry built on boto3.

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from .registry import PROD, Alias, Registry, VersionRecord
+from maas.core.registry import PROD, Alias, Registry, VersionRecord
 
 Reason = Annotated[str, Field(max_length=500)]
 

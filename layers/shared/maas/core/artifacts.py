@@ -15,7 +15,7 @@ model dir:
   schema.json       task, feature names, label column, onnx input/output names. Text models:
                     "inputs" is the OIP input (BYTES "text" [-1]); "graph_inputs" the graph's.
   training.png      training/validation curves and the test confusion matrix (optional).
-  text.json         text models: the encoder spec (maas/textprep.py) that turns the BYTES
+  text.json         text models: the encoder spec (maas/serving/textprep.py) that turns the BYTES
                     input into the graph's inputs, in training and in serving alike.
   tokenizer.json    text models built on a Hugging Face tokenizer.
 
@@ -25,7 +25,7 @@ text.json (+ tokenizer.json), each sha256-listed in the manifest; training.png w
 
 from __future__ import annotations
 
-from .names import InvalidName, check_model_name
+from maas.core.names import InvalidName, check_model_name
 
 MODEL_FILE = "model.onnx"
 SAMPLE_FILE = "sample.npz"

@@ -6,7 +6,7 @@ the raw tensors back to back in input (or output) order, each input naming its s
 `parameters.binary_data_size`. Tensors are little-endian and row-major; BOOL is one byte per
 element; a BYTES element is a 4-byte little-endian length followed by that many bytes.
 
-The wire schema is pydantic models in maas.oipschema (re-exported here on first use):
+The wire schema is pydantic models in maas.serving.oipschema (re-exported here on first use):
 requests are validated with them, and the OpenAPI document (maas_local.openapi) is generated
 from them. This module imports only the standard library and numpy, so that a cold inference
 function decodes its first well-formed request without importing pydantic (bench/coldstart.py).
@@ -72,7 +72,7 @@ class PayloadTooLarge(ProtocolError):
     status = 413
 
 
-# --- the wire schema (maas.oipschema) --------------------------------------------------------
+# --- the wire schema (maas.serving.oipschema) -------------------------------------------
 
 # The pydantic models, imported on first use: `oip.InferenceRequest` etc. still work.
 SCHEMA_NAMES = frozenset(
@@ -103,7 +103,7 @@ SCHEMA_NAMES = frozenset(
 
 def __getattr__(name: str) -> Any:
     if name in SCHEMA_NAMES:
-        from . import oipschema
+        from maas.serving import oipschema
 
         return getattr(oipschema, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -277,7 +277,7 @@ def _flat_object(value: Any) -> bool:
 
 
 def _plainly_valid(doc: dict[str, Any]) -> bool:
-    """True only for a request maas.oipschema.InferenceRequest accepts as it stands.
+    """True only for a request maas.serving.oipschema.InferenceRequest accepts as it stands.
 
     The fast path: a well-formed request is used as parsed, without importing pydantic (a
     cold inference function's first request). Anything else, valid or not, goes through the
@@ -332,7 +332,7 @@ def _validated(doc: dict[str, Any]) -> dict[str, Any]:
     """The request checked by the schema itself: its values, or its first error, worded."""
     from pydantic import ValidationError
 
-    from .oipschema import InferenceRequest
+    from maas.serving.oipschema import InferenceRequest
 
     try:
         wire = InferenceRequest.model_validate(doc)

@@ -9,8 +9,8 @@ from typing import Any, Protocol
 import boto3
 from botocore.exceptions import ClientError
 
-from .config import Settings
-from .jobspec import JobSpec
+from maas.core.config import Settings
+from maas.ingest.jobspec import JobSpec
 
 TRAINING_OUTPUT_PREFIX = "training-output/"
 CHECKPOINT_PREFIX = "checkpoints/"

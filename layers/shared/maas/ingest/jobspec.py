@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .names import MODEL_NAME_RE
+from maas.core.names import MODEL_NAME_RE
 
 Task = Literal["classification", "text-classification", "embedding"]
 Recipe = Literal["auto", "mlp", "ngram", "finetune", "import"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from .artifacts import (
+from maas.core.artifacts import (
     CALIBRATION_FILE,
     LABELS_FILE,
     MANIFEST_FILE,
@@ -24,10 +24,19 @@ from .artifacts import (
     TOKENIZER_FILE,
     model_prefix,
 )
-from .config import Settings
-from .jobspec import JobSpec
-from .registry import FAILED, OPTIMIZING, READY, REJECTED, TRAINING, Conflict, Registry, now_iso
-from .storage import Storage, parse_s3_uri, sha256_file
+from maas.core.config import Settings
+from maas.core.registry import (
+    FAILED,
+    OPTIMIZING,
+    READY,
+    REJECTED,
+    TRAINING,
+    Conflict,
+    Registry,
+    now_iso,
+)
+from maas.core.storage import Storage, parse_s3_uri, sha256_file
+from maas.ingest.jobspec import JobSpec
 
 logger = Logger(child=True)
 ACTOR = "pipeline:optimize"
@@ -106,7 +115,10 @@ class Optimizer:
         return Outcome(name, "failed", model, version, reason)
 
     def _optimize(self, name: str, model: str, version: int, detail: dict[str, Any]) -> Outcome:
-        from .quantize import load_npz, optimize_model  # onnx is heavy: only on this path
+        from maas.optimize.quantize import (  # onnx is heavy: only on this path
+            load_npz,
+            optimize_model,
+        )
 
         record = self.registry.get_version(model, version)
         spec = JobSpec.model_validate(record.summary.get("spec") or {})

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote_plus
 
-from .names import InvalidName, check_model_name, check_run_name
+from maas.core.names import InvalidName, check_model_name, check_run_name
 
 DATA_SUFFIXES = (".csv", ".parquet", ".jsonl")
 JOB_FILE = "job.json"

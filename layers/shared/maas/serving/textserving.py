@@ -1,4 +1,4 @@
-"""Serving text models: the BYTES input -> the graph's inputs, through maas/textprep.py.
+"""Serving text models: the BYTES input -> the graph's inputs, through maas/serving/textprep.py.
 
 A text model's manifest carries ``text``: the encoder spec (text.json) and the sha256 of each
 file it needs (text.json, tokenizer.json). Those files are fetched beside model.onnx and
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .oip import ProtocolError
-from .storage import ObjectMissing, Storage, sha256_file
-from .textprep import TEXT_INPUT, TextInputError, load_encoder
+from maas.core.storage import ObjectMissing, Storage, sha256_file
+from maas.serving.oip import ProtocolError
+from maas.serving.textprep import TEXT_INPUT, TextInputError, load_encoder
 
 Preprocess = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 TEXT_INPUT_META = (TEXT_INPUT, "BYTES", [-1])
