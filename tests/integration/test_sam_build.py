@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfn_template import REPO, TEMPLATE, load_template
+from maas_devkit.cfn import load_template
+from maas_devkit.repo import REPO, TEMPLATE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
