@@ -1,4 +1,5 @@
-"""The optimizer's recipe search (maas.optimize.quantize) on a small MLP trained on sklearn digits.
+"""The optimizer's recipe search (maas.optimize.quantize) and its recipes (maas.optimize.recipes)
+on a small MLP trained on sklearn digits.
 
 The graph is built here with onnx.helper the way training exports it: standardisation inside
 the graph, Gemm/MatMul layers, Softmax -> "probabilities", ArgMax + Gather over a string
@@ -19,6 +20,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from maas.optimize import quantize as q
+from maas.optimize import recipes as r
+from maas.optimize.feeds import load_npz
 from maas.optimize.quantize import Candidate, optimize_model
 from onnx import TensorProto, helper, numpy_helper
 
@@ -131,9 +134,9 @@ def test_every_candidate_is_built_scored_and_timed(selection):
     cands = by_recipe(selection)
     assert list(cands) == [
         q.FP32,
-        q.DYNAMIC_PER_TENSOR,
-        q.DYNAMIC_PER_CHANNEL,
-        q.STATIC_QDQ_PER_CHANNEL,
+        r.DYNAMIC_PER_TENSOR,
+        r.DYNAMIC_PER_CHANNEL,
+        r.STATIC_QDQ_PER_CHANNEL,
     ]
     assert selection.fp32 is cands[q.FP32]
     assert selection.preprocess.startswith("quant_pre_process")
@@ -204,13 +207,13 @@ def test_quantized_graphs_are_really_quantized(selection):
         c.recipe: Counter(n.op_type for n in onnx.load(str(c.path)).graph.node)
         for c in selection.candidates
     }
-    assert "MatMulInteger" in ops[q.DYNAMIC_PER_TENSOR]
-    assert "MatMulInteger" in ops[q.DYNAMIC_PER_CHANNEL]
-    assert ops[q.STATIC_QDQ_PER_CHANNEL]["DequantizeLinear"] >= 3
+    assert "MatMulInteger" in ops[r.DYNAMIC_PER_TENSOR]
+    assert "MatMulInteger" in ops[r.DYNAMIC_PER_CHANNEL]
+    assert ops[r.STATIC_QDQ_PER_CHANNEL]["DequantizeLinear"] >= 3
     for recipe, counter in ops.items():
         # The label head is untouched: still one ArgMax and one Gather over strings.
         assert counter["ArgMax"] == 1 and counter["Gather"] == 1, recipe
-    static = onnx.load(str(by_recipe(selection)[q.STATIC_QDQ_PER_CHANNEL].path))
+    static = onnx.load(str(by_recipe(selection)[r.STATIC_QDQ_PER_CHANNEL].path))
     classes = [i for i in static.graph.initializer if i.name == "classes"]
     assert classes and classes[0].data_type == TensorProto.STRING
 
@@ -247,10 +250,10 @@ def test_no_calibration_skips_static(mlp, tmp_path):
     sel = optimize_model(fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS)
     assert [c.recipe for c in sel.candidates] == [
         q.FP32,
-        q.DYNAMIC_PER_TENSOR,
-        q.DYNAMIC_PER_CHANNEL,
+        r.DYNAMIC_PER_TENSOR,
+        r.DYNAMIC_PER_CHANNEL,
     ]
-    assert any(q.STATIC_QDQ_PER_CHANNEL in n for n in sel.notes)
+    assert any(r.STATIC_QDQ_PER_CHANNEL in n for n in sel.notes)
     assert all(c.error is None for c in sel.candidates)
     assert sel.chosen.passed_gate
 
@@ -270,7 +273,7 @@ def test_gate_rejects_int8_wrecked_by_an_activation_outlier(mlp, tmp_path):
     fp32 = write_model(broken, tmp_path / "model.onnx")
     sel = optimize_model(fp32, sample, None, tmp_path / "w", timing_repeats=REPEATS)
     assert sel.fp32.quality["accuracy"] > 0.8
-    for recipe in (q.DYNAMIC_PER_TENSOR, q.DYNAMIC_PER_CHANNEL):
+    for recipe in (r.DYNAMIC_PER_TENSOR, r.DYNAMIC_PER_CHANNEL):
         cand = by_recipe(sel)[recipe]
         assert cand.error is None and not cand.passed_gate, cand.quality
         assert cand.quality["accuracy"] < 0.5
@@ -281,21 +284,21 @@ def test_gate_rejects_int8_wrecked_by_an_activation_outlier(mlp, tmp_path):
 
 
 def test_candidate_that_fails_to_build_is_recorded_not_chosen(mlp, tmp_path, monkeypatch):
-    real = q._build_dynamic
+    real = r._build_dynamic
 
     def flaky(src, dst, *, per_channel, op_types):
         if not per_channel:
             raise RuntimeError("boom")
         return real(src, dst, per_channel=per_channel, op_types=op_types)
 
-    monkeypatch.setattr(q, "_build_dynamic", flaky)
+    monkeypatch.setattr(r, "_build_dynamic", flaky)
     fp32 = write_model(mlp, tmp_path / "model.onnx")
     sel = optimize_model(fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS)
-    bad = by_recipe(sel)[q.DYNAMIC_PER_TENSOR]
+    bad = by_recipe(sel)[r.DYNAMIC_PER_TENSOR]
     assert bad.error and "boom" in bad.error and bad.error.startswith("build")
     assert not bad.passed_gate and bad.latency_ms == {}
     assert sel.chosen is not bad
-    assert by_recipe(sel)[q.DYNAMIC_PER_CHANNEL].error is None
+    assert by_recipe(sel)[r.DYNAMIC_PER_CHANNEL].error is None
     json.dumps(sel.to_manifest(), allow_nan=False)
 
 
@@ -307,7 +310,7 @@ def test_candidate_that_changes_the_interface_is_rejected(mlp, tmp_path, monkeyp
             n.output[:] = ["renamed" if o == "label" else o for o in n.output]
         onnx.save(m, str(dst))
 
-    monkeypatch.setattr(q, "_build_dynamic", renaming)
+    monkeypatch.setattr(r, "_build_dynamic", renaming)
     fp32 = write_model(mlp, tmp_path / "model.onnx")
     sel = optimize_model(fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS)
     for c in sel.candidates[1:]:
@@ -362,7 +365,7 @@ def test_bad_inputs_raise(mlp, tmp_path):
     sel = optimize_model(
         fp32, mlp["sample"], {"input__other": np.ones((4, 64))}, tmp_path / "w", timing_repeats=5
     )
-    assert q.STATIC_QDQ_PER_CHANNEL not in by_recipe(sel)
+    assert r.STATIC_QDQ_PER_CHANNEL not in by_recipe(sel)
     assert any("calibration data unusable" in n for n in sel.notes)
 
 
@@ -397,7 +400,7 @@ def test_embedding_task_gates_on_cosine(mlp, tmp_path):
         assert set(c.quality) == {"cosine_mean", "cosine_min"}
         assert c.quality["cosine_min"] <= c.quality["cosine_mean"] <= 1.0 + 1e-9
         assert "cosine mean" in c.reason
-    assert by_recipe(sel)[q.DYNAMIC_PER_CHANNEL].quality["cosine_mean"] > 0.99
+    assert by_recipe(sel)[r.DYNAMIC_PER_CHANNEL].quality["cosine_mean"] > 0.99
     assert sel.to_manifest()["gate"]["min_cosine"] == 0.99
 
     strict = optimize_model(
@@ -432,7 +435,7 @@ def test_choose_rule():
     fp32 = _cand("fp32", 1.0, 10.0, size=400)
 
     def choose(*cands):
-        return q._choose(fp32, [fp32, *cands], 32, 1.05)
+        return q.choose(fp32, [fp32, *cands], 32, 1.05)
 
     # Clear batch-1 win.
     chosen, reason = choose(_cand("a", 0.5, 10.0))
@@ -466,7 +469,7 @@ def test_choose_rule():
 def test_load_npz_roundtrip(tmp_path):
     p = tmp_path / "s.npz"
     np.savez(p, input__input=np.ones((3, 2), np.float32), target=np.arange(3))
-    d = q.load_npz(p)
+    d = load_npz(p)
     assert set(d) == {"input__input", "target"} and d["target"].tolist() == [0, 1, 2]
 
 

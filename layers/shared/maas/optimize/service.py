@@ -115,10 +115,8 @@ class Optimizer:
         return Outcome(name, "failed", model, version, reason)
 
     def _optimize(self, name: str, model: str, version: int, detail: dict[str, Any]) -> Outcome:
-        from maas.optimize.quantize import (  # onnx is heavy: only on this path
-            load_npz,
-            optimize_model,
-        )
+        from maas.optimize.feeds import load_npz
+        from maas.optimize.quantize import optimize_model  # onnx is heavy: only on this path
 
         record = self.registry.get_version(model, version)
         spec = JobSpec.model_validate(record.summary.get("spec") or {})
