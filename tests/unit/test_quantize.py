@@ -13,6 +13,7 @@ import subprocess
 import sys
 import warnings
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -461,6 +462,131 @@ def test_choose_rule():
     # Nothing built.
     chosen, reason = choose()
     assert chosen is fp32 and "no quantized candidate was built" in reason
+
+
+# --------------------------------------------------------------------------- the registry
+
+PAD = 1024  # width of the padding branch in padded_graph
+
+
+def padded_graph(mlp: dict) -> onnx.ModelProto:
+    """The classifier plus a wide branch multiplied by zero: the same outputs, far more work."""
+    model = build_graph(mlp)
+    rng = np.random.default_rng(0)
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(rng.standard_normal((64, PAD)).astype(np.float32), "pad_w0"),
+            numpy_helper.from_array(rng.standard_normal((PAD, PAD)).astype(np.float32), "pad_w1"),
+            numpy_helper.from_array(np.zeros((1,), np.float32), "pad_zero"),
+        ]
+    )
+    logits = f"z{len(mlp['W']) - 1}"
+    padding = [
+        helper.make_node("MatMul", ["h0", "pad_w0"], ["pad0"]),
+        helper.make_node("MatMul", ["pad0", "pad_w1"], ["pad1"]),
+        helper.make_node("ReduceMean", ["pad1"], ["pad2"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["pad2", "pad_zero"], ["pad3"]),
+        helper.make_node("Add", [logits, "pad3"], ["padded_logits"]),
+    ]
+    nodes = list(model.graph.node)
+    softmax = next(i for i, n in enumerate(nodes) if n.op_type == "Softmax")
+    nodes[softmax].input[0] = "padded_logits"
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[:softmax] + padding + nodes[softmax:])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_registered_recipe_is_built_scored_gated_timed_and_chosen(mlp, tmp_path, monkeypatch):
+    # GIVEN a graph padded with work its outputs never see, and two recipes registered in the
+    # one registry: one that strips the padding (by writing the unpadded graph), one that
+    # never applies
+    built: list[r.RecipeInput] = []
+
+    def build_unpadded(inp: r.RecipeInput, dst: Path) -> str:
+        built.append(inp)
+        write_model(mlp, dst)
+        return "padding stripped"
+
+    unpadded = r.Recipe(
+        "test-unpadded", build_unpadded, applies=lambda i: i.task == "classification"
+    )
+    never = r.Recipe("test-never", build_unpadded, applies=lambda i: False, skipped="not here")
+    monkeypatch.setattr(r, "RECIPES", (*r.RECIPES, unpadded, never))
+    fp32 = tmp_path / "model.onnx"
+    onnx.save(padded_graph(mlp), str(fp32))
+    # WHEN the optimizer runs exactly as the service calls it
+    sel = optimize_model(fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS)
+    # THEN the recipe was built once, from the search's input, after the built-in ones
+    assert [c.recipe for c in sel.candidates] == [
+        q.FP32,
+        r.DYNAMIC_PER_TENSOR,
+        r.DYNAMIC_PER_CHANNEL,
+        "test-unpadded",
+    ]
+    assert len(built) == 1 and built[0].fp32 == fp32 and built[0].task == "classification"
+    assert (
+        built[0].graph.name == "model.pre.onnx" and built[0].op_types == r.CLASSIFICATION_OP_TYPES
+    )
+    assert "skipped test-never: not here" in sel.notes
+    cand = by_recipe(sel)["test-unpadded"]
+    assert cand.error is None, cand.error
+    assert cand.path.name == "model.test-unpadded.onnx" and cand.note == "padding stripped"
+    assert cand.size_bytes == cand.path.stat().st_size < 0.1 * sel.fp32.size_bytes
+    # AND scored and gated like every candidate (the padding adds exactly zero)
+    assert cand.quality == {"accuracy": sel.fp32.quality["accuracy"], "agreement": 1.0}
+    assert cand.passed_gate and cand.reason == "accuracy drop 0.000 <= 0.010"
+    # AND timed side by side with the others
+    assert 0 < cand.latency_ms["batch1_p50"] <= cand.latency_ms["batch1_p90"]
+    assert 0 < cand.latency_ms["batchN_p50"] <= cand.latency_ms["batchN_p90"]
+    # AND listed in the manifest
+    entry = next(c for c in sel.to_manifest()["candidates"] if c["recipe"] == "test-unpadded")
+    assert entry["file"] == cand.path.name and entry["note"] == "padding stripped"
+    assert entry["passed_gate"] is True and entry["error"] is None
+    # AND chosen under the same rule: clearly faster at both batch sizes, the fastest at batch 1
+    s1, sn = q._speedups(sel.fp32, cand)
+    assert s1 >= 1.05 and sn >= 1.05, (s1, sn)
+    assert sel.chosen is cand and sel.reason.startswith("test-unpadded: ")
+    assert sel.to_manifest()["recipe"] == "test-unpadded"
+
+
+def test_builtin_recipes_are_registered_once_in_order():
+    names = [recipe.name for recipe in r.RECIPES]
+    assert names == [
+        r.DYNAMIC_PER_TENSOR,
+        r.DYNAMIC_PER_CHANNEL,
+        r.STATIC_QDQ_PER_CHANNEL,
+        r.FUSED_DYNAMIC_PER_CHANNEL,
+    ]
+    assert len(set(names)) == len(names) and q.FP32 not in names
+
+
+def test_recipes_apply_by_calibration_and_transformer(tmp_path):
+    plain = r.RecipeInput(
+        fp32=tmp_path / "model.onnx",
+        graph=tmp_path / "model.pre.onnx",
+        workdir=tmp_path,
+        task="embedding",
+        op_types=r.EMBEDDING_OP_TYPES,
+        calibration=None,
+        transformer=None,
+    )
+
+    def applicable(inp: r.RecipeInput) -> tuple[list[str], list[str]]:
+        notes: list[str] = []
+        return [x.name for x in q.applicable(r.RECIPES, inp, notes)], notes
+
+    assert applicable(plain) == (
+        [r.DYNAMIC_PER_TENSOR, r.DYNAMIC_PER_CHANNEL],
+        [f"skipped {r.STATIC_QDQ_PER_CHANNEL}: no calibration data"],
+    )
+    full = replace(
+        plain, calibration={"input": np.ones((2, 64))}, transformer={"model_type": "bert"}
+    )
+    assert applicable(full) == ([recipe.name for recipe in r.RECIPES], [])
+    # A transformer whose graph the offline fusions do not know gets no fused candidate.
+    other = replace(full, transformer={"model_type": "gpt2"})
+    assert r.FUSED_DYNAMIC_PER_CHANNEL not in applicable(other)[0]
 
 
 # --------------------------------------------------------------------------- misc
