@@ -21,12 +21,14 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from maas_devkit.events import training_state_change
 
+from maas_local.console import Console
 from maas_local.lambda_runtime import FunctionPool
 from maas_local.state import write_atomic
 
@@ -42,16 +44,20 @@ class Interrupted(Exception):
 
 
 class TrainingRunner:
-    def __init__(self, stack: LocalStack, optimize: FunctionPool) -> None:
+    def __init__(
+        self, stack: LocalStack, optimize: FunctionPool, console: Console | None = None
+    ) -> None:
         self.stack = stack
         self.optimize = optimize
+        self.console = console or Console(quiet=True)
         self._seen: set[str] = set()
         self._lock = threading.Lock()
         self._backlog: list[dict[str, Any]] = []  # interrupted jobs, resumed first
         self._running: set[subprocess.Popen[str]] = set()
         self._stopping = threading.Event()
         self.completed: list[dict[str, Any]] = []
-        self.on_line = lambda job, line: print(f"[{job}] {line}", flush=True)
+        # Every line the job prints (besides the console's progress); a test may watch them.
+        self.on_line: Callable[[str, str], None] | None = None
 
     @property
     def jobs_dir(self) -> Path:
@@ -156,12 +162,14 @@ class TrainingRunner:
         opt_ml = base / "opt-ml"
         started = datetime.now(UTC)
         status, reason, artifact = "Failed", "", None
+        self.console.job_started(request)
         try:
             self._lay_out(request, opt_ml)
             code, reason = self._execute(request, opt_ml)
             if code == 0:
                 artifact = self._pack_and_upload(request, opt_ml)
                 status, reason = "Completed", ""
+                self.console.optimizing(request)
         except Interrupted:
             raise
         except Exception as e:  # the platform itself failed: still a recorded outcome
@@ -177,8 +185,25 @@ class TrainingRunner:
         )
         result = self.optimize.invoke(event)
         write_atomic(base / "DONE", json.dumps({"status": status, "reason": reason}).encode())
+        self._report(result)
         self.completed.append({"job": name, "status": status, "result": result})
         return {"status": status, "reason": reason, "artifact": artifact, "result": result}
+
+    def _report(self, result: Any) -> None:
+        if self.console.quiet or not isinstance(result, dict):
+            return
+        manifest = None
+        if result.get("action") == "ready":
+            from maas.core.artifacts import MANIFEST_FILE, model_prefix
+
+            key = model_prefix(result["model"], result["version"]) + MANIFEST_FILE
+            body = self.stack.client("s3").get_object(
+                Bucket=self.stack.outputs["ArtifactBucketName"], Key=key
+            )["Body"]
+            manifest = json.loads(body.read())
+        self.console.optimized(result, manifest)
+        if result.get("promoted"):
+            self.console.serving(self.stack.api_url, result["model"])
 
     def fail(self, name: str, reason: str) -> Any:
         """Deliver a Failed outcome for a job that can neither run nor resume."""
@@ -263,8 +288,12 @@ class TrainingRunner:
         timer.start()
         try:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                self.on_line(name, line.rstrip())
+            with (opt_ml.parent / "output.log").open("a", encoding="utf-8") as log_file:
+                for line in proc.stdout:
+                    log_file.write(line)
+                    self.console.training_line(request, line.rstrip())
+                    if self.on_line is not None:
+                        self.on_line(name, line.rstrip())
             code = proc.wait()
         finally:
             timed_out = not timer.is_alive()

@@ -36,6 +36,7 @@ from maas_devkit.cfn import load_template
 from maas_devkit.events import sqs_record_of
 from maas_devkit.repo import ACCOUNT, FUNCTIONS_DIR, TEMPLATE, TRAINING_ENTRY
 
+from maas_local.console import Console
 from maas_local.lambda_runtime import FunctionPool
 from maas_local.lock import WorkdirLock
 from maas_local.state import Snapshot, StateStore
@@ -128,6 +129,7 @@ class LocalStackConfig:
     # Access key -> secret the AWS_IAM routes accept: the stack's own, as moto's clients use.
     credentials: dict[str, str] = field(default_factory=lambda: {"testing": "testing"})
     reset: bool = False  # start empty: forget the state, journals and caches of the work dir
+    console: bool = False  # print the pipeline's steps (maas local up, maas demo)
 
 
 class LocalStack:
@@ -146,6 +148,7 @@ class LocalStack:
         self._lock = WorkdirLock(self.cfg.workdir)
         self._changed = threading.Event()
         self.restored: Snapshot | None = None
+        self.console = Console(quiet=not self.cfg.console)
 
     @property
     def aws_url(self) -> str:
@@ -214,7 +217,7 @@ class LocalStack:
             timeout_s=30,
             exclusive=threading.Lock(),
         )
-        self.runner = TrainingRunner(self, optimize)
+        self.runner = TrainingRunner(self, optimize, self.console)
         self._recover()
         self._spawn("state-saver", self._save_changes)
         self._spawn("ingest-poller", self._poll_ingest, ingest)
@@ -450,6 +453,8 @@ class LocalStack:
             messages = resp.get("Messages", [])
             if not messages:
                 continue
+            for bucket, key in _uploads(messages):
+                self.console.upload_seen(bucket, key)
             event = {"Records": [sqs_record_of(m, arn, self.cfg.region) for m in messages]}
             try:
                 result = ingest.invoke(event) or {}
@@ -465,3 +470,21 @@ class LocalStack:
                     )
                     continue
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def _uploads(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(bucket, key) of the object-created notifications among SQS messages."""
+    from urllib.parse import unquote_plus
+
+    found = []
+    for m in messages:
+        try:
+            records = json.loads(m["Body"]).get("Records") or []
+            for r in records:
+                if str(r.get("eventName", "")).startswith("ObjectCreated"):
+                    found.append(
+                        (r["s3"]["bucket"]["name"], unquote_plus(r["s3"]["object"]["key"]))
+                    )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return found
