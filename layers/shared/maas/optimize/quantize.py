@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from maas.core.artifacts import INPUT_PREFIX, TARGET_KEY
+from maas.core.contract import INPUT_PREFIX, TARGET_KEY
 from maas.serving.ortsession import new_session
 
 log = logging.getLogger(__name__)
