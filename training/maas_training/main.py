@@ -81,9 +81,11 @@ def run(paths: Paths, hp: Any) -> dict[str, Any]:
 def _start(paths: Paths, script: Path | None) -> int:
     from maas_training import recipes
     from maas_training.hyperparameters import load_hyperparameters
+    from maas_training.versions import check_environment
 
     log.info(f"training job on {socket.gethostname()}; model dir {paths.model_dir}")
     hp = load_hyperparameters(paths)
+    check_environment()
     cluster = Cluster.from_env()
     # A pretrained import exports a model; there is nothing to train in parallel.
     trains = recipes.get(hp.task, hp.recipe).trains
