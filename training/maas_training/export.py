@@ -40,6 +40,8 @@ RAW_OUTPUT = "maas_raw_output"  # exported under this name, then renamed (see _c
 OPSET = 18
 MAX_OPSET = 21
 MAX_IR_VERSION = 10
+Example = tuple[torch.Tensor, ...]  # one tensor per graph input
+Names = Sequence[str]
 
 
 @dataclass(frozen=True)
@@ -53,56 +55,36 @@ class ExportInfo:
     reference: np.ndarray = field(repr=False, compare=False)
 
 
-def _export_dynamo(
-    module: nn.Module,
-    example: tuple[torch.Tensor, ...],
-    names: Sequence[str],
-    path: Path,
-    seq: bool,
-) -> None:
-    batch = torch.export.Dim(BATCH_DIM)
-    sequence = torch.export.Dim(SEQ_DIM)
-    shapes = tuple({0: batch, 1: sequence} if seq and t.ndim == 2 else {0: batch} for t in example)
+def _torch_export(module, example, names: Sequence[str], path: Path, **options) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
             example,
             str(path),
-            dynamo=True,
             input_names=list(names),
             output_names=[RAW_OUTPUT],
-            dynamic_shapes=shapes,
             opset_version=OPSET,
-            verbose=False,
+            **options,
         )
 
 
-def _export_torchscript(
-    module: nn.Module,
-    example: tuple[torch.Tensor, ...],
-    names: Sequence[str],
-    path: Path,
-    seq: bool,
-) -> None:
+def _export_dynamo(module: nn.Module, example: Example, names: Names, path: Path, seq: bool):
+    batch = torch.export.Dim(BATCH_DIM)
+    sequence = torch.export.Dim(SEQ_DIM)
+    shapes = tuple({0: batch, 1: sequence} if seq and t.ndim == 2 else {0: batch} for t in example)
+    _torch_export(module, example, names, path, dynamo=True, dynamic_shapes=shapes, verbose=False)
+
+
+def _export_torchscript(module: nn.Module, example: Example, names: Names, path: Path, seq: bool):
     axes: dict[str, dict[int, str]] = {
         n: {0: BATCH_DIM, 1: SEQ_DIM} if seq and t.ndim == 2 else {0: BATCH_DIM}
         for n, t in zip(names, example, strict=True)
     }
     axes[RAW_OUTPUT] = {0: BATCH_DIM}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            example,
-            str(path),
-            dynamo=False,
-            input_names=list(names),
-            output_names=[RAW_OUTPUT],
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            do_constant_folding=True,
-        )
+    _torch_export(
+        module, example, names, path, dynamo=False, dynamic_axes=axes, do_constant_folding=True
+    )
 
 
 def _rename_value(graph, old: str, new: str) -> None:  # onnx.GraphProto
