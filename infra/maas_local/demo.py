@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from .stack import LocalStack, LocalStackConfig, free_port
+from maas_local.stack import LocalStack, LocalStackConfig, free_port
 
 MODEL = "digits"
 
@@ -25,11 +25,10 @@ def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
 
 
 def run_demo(timeout: float = 600) -> int:
+    from maas_cli.connect import StackHandle
+    from maas_cli.runs import upload, wait_for
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
-
-    from .cli import upload, wait_for
-    from .connect import StackHandle
 
     t0 = time.monotonic()
     digits = load_digits()

@@ -17,15 +17,16 @@ import sys
 import tarfile
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .lambda_runtime import FunctionPool
+from maas_devkit.events import training_state_change
+
+from maas_local.lambda_runtime import FunctionPool
 
 if TYPE_CHECKING:
-    from .stack import LocalStack
+    from maas_local.stack import LocalStack
 
 log = logging.getLogger("maas.local.runner")
 HOST = "algo-1"
@@ -86,8 +87,13 @@ class TrainingRunner:
         except Exception as e:  # the platform itself failed: still a recorded outcome
             log.exception("runner failed for %s", name)
             reason = f"InternalServerError: {e}"
-        event = state_change_event(
-            request, status, reason, artifact, started, self.stack.cfg.region
+        event = training_state_change(
+            request,
+            status,
+            reason=reason,
+            artifact=artifact,
+            started=started,
+            region=self.stack.cfg.region,
         )
         result = self.optimize.invoke(event)
         self.completed.append({"job": name, "status": status, "result": result})
@@ -190,53 +196,3 @@ class TrainingRunner:
         bucket, _, key = uri[5:].partition("/")
         self.stack.client("s3").upload_file(str(tarball), bucket, key)
         return uri
-
-
-def state_change_event(
-    request: dict[str, Any],
-    status: str,
-    reason: str,
-    artifact: str | None,
-    started: datetime,
-    region: str,
-) -> dict[str, Any]:
-    """The EventBridge event SageMaker emits when a training job ends."""
-    from .stack import ACCOUNT
-
-    name = request["TrainingJobName"]
-    arn = f"arn:aws:sagemaker:{region}:{ACCOUNT}:training-job/{name}"
-    now = datetime.now(UTC)
-    detail: dict[str, Any] = {
-        "TrainingJobName": name,
-        "TrainingJobArn": arn,
-        "TrainingJobStatus": status,
-        "SecondaryStatus": status,
-        "HyperParameters": request.get("HyperParameters", {}),
-        "AlgorithmSpecification": request.get("AlgorithmSpecification", {}),
-        "RoleArn": request.get("RoleArn", ""),
-        "InputDataConfig": request.get("InputDataConfig", []),
-        "OutputDataConfig": request.get("OutputDataConfig", {}),
-        "ResourceConfig": request.get("ResourceConfig", {}),
-        "StoppingCondition": request.get("StoppingCondition", {}),
-        "CreationTime": int(started.timestamp() * 1000),
-        "TrainingStartTime": int(started.timestamp() * 1000),
-        "TrainingEndTime": int(now.timestamp() * 1000),
-        "LastModifiedTime": int(now.timestamp() * 1000),
-        "EnableManagedSpotTraining": request.get("EnableManagedSpotTraining", False),
-        "Tags": {t["Key"]: t["Value"] for t in request.get("Tags", [])},
-    }
-    if artifact:
-        detail["ModelArtifacts"] = {"S3ModelArtifacts": artifact}
-    if reason:
-        detail["FailureReason"] = reason
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "SageMaker Training Job State Change",
-        "source": "aws.sagemaker",
-        "account": ACCOUNT,
-        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "region": region,
-        "resources": [arn],
-        "detail": detail,
-    }

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -24,33 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from maas_cli.connect import port_open
+from maas_devkit.account import LOCAL_TRAINING_QUEUE_ID, Resources, create_resources
+from maas_devkit.cfn import load_template
+from maas_devkit.events import sqs_record_of
+from maas_devkit.repo import ACCOUNT, FUNCTIONS_DIR, TEMPLATE, TRAINING_ENTRY
 
-from .lambda_runtime import FunctionPool
-from .template import load_template, resources_of_type
+from maas_local.lambda_runtime import FunctionPool
 
 log = logging.getLogger("maas.local")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ACCOUNT = "123456789012"
-LOCAL_NAMES = {
-    "DataBucket": "data",
-    "ArtifactBucket": "artifacts",
-    "IngestQueue": "ingest",
-    "IngestDLQ": "ingest-dlq",
-    "RegistryTable": "registry",
-}
-LOCAL_TRAINING_QUEUE = "local-training"
 MAX_LOCAL_VISIBILITY_S = 10  # retry failed ingest messages quickly on a laptop
-
-
-def _kebab(name: str) -> str:
-    name = re.sub(r"(Bucket|Table|Queue)$", "", name) or name
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
-
-
-def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        return s.connect_ex((host, port)) == 0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -67,9 +49,9 @@ class LocalStackConfig:
     stack_name: str = "maas"
     region: str = "us-east-1"
     workdir: Path = field(default_factory=lambda: Path(".maas/local"))
-    template: Path = REPO_ROOT / "template.yaml"
-    functions_dir: Path = REPO_ROOT / "functions"
-    training_entry: Path = REPO_ROOT / "training" / "train.py"
+    template: Path = TEMPLATE
+    functions_dir: Path = FUNCTIONS_DIR
+    training_entry: Path = TRAINING_ENTRY
     inference_containers: int = 4
     training_workers: int = 1
     quiet_functions: bool = True
@@ -85,10 +67,8 @@ class LocalStack:
     def __init__(self, config: LocalStackConfig | None = None) -> None:
         self.cfg = config or LocalStackConfig()
         self.cfg.workdir = self.cfg.workdir.resolve()
-        self.names: dict[str, str] = {}
-        self.arns: dict[str, str] = {}
+        self.resources = Resources(self.cfg.region)
         self.outputs: dict[str, str] = {}
-        self.urls: dict[str, str] = {}
         self._saved_env: dict[str, str | None] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -204,98 +184,26 @@ class LocalStack:
 
     # --- resources from template.yaml --------------------------------------------------
 
-    def _local_name(self, logical_id: str) -> str:
-        return f"{self.cfg.stack_name}-{LOCAL_NAMES.get(logical_id) or _kebab(logical_id)}"
+    @property
+    def names(self) -> dict[str, str]:
+        return self.resources.names
+
+    @property
+    def arns(self) -> dict[str, str]:
+        return self.resources.arns
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return self.resources.urls
 
     def _create_resources(self) -> None:
-        template = load_template(self.cfg.template)
-        s3, sqs, ddb = self.client("s3"), self.client("sqs"), self.client("dynamodb")
-        queues = resources_of_type(template, "AWS::SQS::Queue")
-        # Dead-letter queues first: the others point at them.
-        ordered = sorted(
-            queues.items(), key=lambda kv: "RedrivePolicy" in kv[1].get("Properties", {})
+        self.resources = create_resources(
+            self.client,
+            load_template(self.cfg.template),
+            stack_name=self.cfg.stack_name,
+            region=self.cfg.region,
+            max_visibility_s=MAX_LOCAL_VISIBILITY_S,
         )
-        for logical, res in ordered:
-            props = res.get("Properties", {})
-            name = self._local_name(logical)
-            attrs: dict[str, str] = {}
-            if "VisibilityTimeout" in props:
-                attrs["VisibilityTimeout"] = str(
-                    min(int(props["VisibilityTimeout"]), MAX_LOCAL_VISIBILITY_S)
-                )
-            if "MessageRetentionPeriod" in props:
-                attrs["MessageRetentionPeriod"] = str(props["MessageRetentionPeriod"])
-            redrive = props.get("RedrivePolicy")
-            if redrive:
-                attrs["RedrivePolicy"] = json.dumps(
-                    {
-                        "deadLetterTargetArn": self._resolve(redrive["deadLetterTargetArn"]),
-                        "maxReceiveCount": int(redrive.get("maxReceiveCount", 5)),
-                    }
-                )
-            url = sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
-            self._record(logical, name, f"arn:aws:sqs:{self.cfg.region}:{ACCOUNT}:{name}", url)
-        training_queue = f"{self.cfg.stack_name}-{LOCAL_TRAINING_QUEUE}"
-        url = sqs.create_queue(QueueName=training_queue, Attributes={"VisibilityTimeout": "43200"})[
-            "QueueUrl"
-        ]
-        self._record(
-            "LocalTrainingQueue",
-            training_queue,
-            f"arn:aws:sqs:{self.cfg.region}:{ACCOUNT}:{training_queue}",
-            url,
-        )
-
-        for logical, res in resources_of_type(template, "AWS::DynamoDB::Table").items():
-            props = res.get("Properties", {})
-            name = self._local_name(logical)
-            kwargs: dict[str, Any] = {
-                "TableName": name,
-                "KeySchema": props["KeySchema"],
-                "AttributeDefinitions": props["AttributeDefinitions"],
-                "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
-            }
-            if props.get("GlobalSecondaryIndexes"):
-                kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
-            ddb.create_table(**kwargs)
-            self._record(
-                logical, name, f"arn:aws:dynamodb:{self.cfg.region}:{ACCOUNT}:table/{name}"
-            )
-
-        buckets = resources_of_type(template, "AWS::S3::Bucket")
-        for logical, res in buckets.items():
-            props = res.get("Properties", {})
-            name = self._local_name(logical)
-            s3.create_bucket(Bucket=name)
-            if (props.get("VersioningConfiguration") or {}).get("Status") == "Enabled":
-                s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-            if props.get("BucketEncryption"):
-                s3.put_bucket_encryption(
-                    Bucket=name,
-                    ServerSideEncryptionConfiguration={
-                        "Rules": [
-                            {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
-                        ]
-                    },
-                )
-            self._record(logical, name, f"arn:aws:s3:::{name}")
-        for logical, res in buckets.items():
-            notif = res.get("Properties", {}).get("NotificationConfiguration") or {}
-            configs = []
-            for qc in notif.get("QueueConfigurations", []):
-                entry: dict[str, Any] = {
-                    "QueueArn": self._resolve(qc["Queue"]),
-                    "Events": [qc["Event"]],
-                }
-                rules = ((qc.get("Filter") or {}).get("S3Key") or {}).get("Rules")
-                if rules:
-                    entry["Filter"] = {"Key": {"FilterRules": rules}}
-                configs.append(entry)
-            if configs:
-                s3.put_bucket_notification_configuration(
-                    Bucket=self.names[logical],
-                    NotificationConfiguration={"QueueConfigurations": configs},
-                )
         self.outputs = {
             "StackName": self.cfg.stack_name,
             "ApiUrl": self.api_url + "/",
@@ -304,7 +212,7 @@ class LocalStack:
             "RegistryTableName": self.names.get("RegistryTable", ""),
             "IngestQueueUrl": self.urls.get("IngestQueue", ""),
             "IngestDLQUrl": self.urls.get("IngestDLQ", ""),
-            "LocalTrainingQueueUrl": self.urls["LocalTrainingQueue"],
+            "LocalTrainingQueueUrl": self.urls[LOCAL_TRAINING_QUEUE_ID],
         }
         # Publish the outputs where the CLI looks for a deployed stack's: CloudFormation.
         with warnings.catch_warnings():
@@ -320,27 +228,6 @@ class LocalStack:
                     }
                 ),
             )
-
-    def _record(self, logical: str, name: str, arn: str, url: str | None = None) -> None:
-        self.names[logical] = name
-        self.arns[logical] = arn
-        if url:
-            self.urls[logical] = url
-
-    def _resolve(self, value: Any) -> Any:
-        if isinstance(value, dict):
-            if "Fn::GetAtt" in value:
-                logical, attr = value["Fn::GetAtt"]
-                if attr == "Arn":
-                    return self.arns[logical]
-                if attr in ("QueueName", "TableName", "BucketName"):
-                    return self.names[logical]
-                if attr == "QueueUrl":
-                    return self.urls[logical]
-            if "Ref" in value:
-                ref = value["Ref"]
-                return self.urls.get(ref) or self.names.get(ref, ref)
-        return value
 
     def _configure_function_env(self) -> None:
         """What template.yaml's Environment gives the functions, pointed at this stack."""
@@ -411,7 +298,7 @@ class LocalStack:
             messages = resp.get("Messages", [])
             if not messages:
                 continue
-            event = {"Records": [sqs_record(m, arn, self.cfg.region) for m in messages]}
+            event = {"Records": [sqs_record_of(m, arn, self.cfg.region) for m in messages]}
             try:
                 result = ingest.invoke(event) or {}
                 failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
@@ -426,26 +313,3 @@ class LocalStack:
                     )
                     continue
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-
-
-def sqs_record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
-    """An SQS message as Lambda's event source mapping delivers it."""
-    attrs = message.get("Attributes", {})
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": {
-            "ApproximateReceiveCount": attrs.get("ApproximateReceiveCount", "1"),
-            "SentTimestamp": attrs.get("SentTimestamp", str(int(time.time() * 1000))),
-            "SenderId": attrs.get("SenderId", ACCOUNT),
-            "ApproximateFirstReceiveTimestamp": attrs.get(
-                "ApproximateFirstReceiveTimestamp", str(int(time.time() * 1000))
-            ),
-        },
-        "messageAttributes": message.get("MessageAttributes", {}),
-        "md5OfBody": message.get("MD5OfBody", ""),
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": region,
-    }

@@ -82,7 +82,7 @@ def test_template_default_image_runs_the_python_the_suite_runs() -> None:
 def test_code_tarball_is_what_script_mode_installs_and_runs(tmp_path: Path) -> None:
     """The toolkit pip-installs requirements.txt from the code dir's root before it runs the
     entry point, unless a setup.py there makes the tarball a package to install instead."""
-    from maas_local.cli import pack_training_code
+    from maas_cli.training_code import pack_training_code
 
     with tarfile.open(pack_training_code(tmp_path / "training.tar.gz")) as tar:
         names = set(tar.getnames())

@@ -6,14 +6,19 @@ Either way the stack's names come from its CloudFormation outputs, so nothing el
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
 
-from .stack import port_open
-
 DEFAULT_LOCAL = ("127.0.0.1", 4566)
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        return s.connect_ex((host, port)) == 0
 
 
 class StackNotFound(RuntimeError):
