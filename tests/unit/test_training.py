@@ -518,3 +518,58 @@ def test_hyperparameter_names_and_defaults_are_the_contracts_on_both_sides() -> 
         contract.DEFAULT_LABEL,
         contract.DEFAULT_TEXT,
     )
+
+
+def test_a_new_recipe_is_its_data_and_its_model_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    from maas_training import recipes, steps
+    from maas_training.config import Paths
+    from maas_training.hyperparameters import parse_hyperparameters
+
+    # GIVEN a recipe that brings only its encoded rows and a model builder
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+
+    def load(paths: Paths, hp: object) -> recipes.Encoded:
+        return recipes.Encoded(
+            x=x,
+            y=y,
+            split=split_indices(y, 0.15, 0.15, seed=0),
+            class_names=["no", "yes"],
+            input_name=contract.FEATURES_INPUT,
+            fingerprint="toy",
+            files=[],
+            schema={"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 5]}]},
+        )
+
+    def build(data: recipes.Encoded, hp: object, x_fit: np.ndarray) -> object:
+        return torch.nn.Linear(5, 2)
+
+    recipe = recipes.TrainedRecipe("classification", "toy", load, build, refit=True)
+    with pytest.raises(ValueError, match="not in the contract's RECIPES table"):
+        recipes.register(recipe)  # a new family also gets its row in the contract
+    for name in [k for k in os.environ if k.startswith(("SM_", "MAAS_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("MAAS_OPT_ML", str(tmp_path))
+    monkeypatch.setenv("MAAS_ONNX_EXPORTER", "torchscript")
+    # WHEN the shared steps run it
+    metrics = steps.run(
+        Paths.from_env(), parse_hyperparameters({"epochs": "60", "learning_rate": "0.05"}), recipe
+    )
+    # THEN it was fitted, refitted, exported, checked and written like every recipe
+    model_dir = tmp_path / "model"
+    written = {p.name for p in model_dir.iterdir()}
+    assert written == {
+        *contract.REQUIRED_MODEL_FILES,
+        contract.CALIBRATION_FILE,
+        contract.PLOT_FILE,
+    }
+    assert metrics["test_accuracy"] >= 0.9 and metrics["refit_epochs"] >= 1
+    assert metrics["onnx_test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    schema = json.loads((model_dir / contract.SCHEMA_FILE).read_text())
+    assert [o["name"] for o in schema["outputs"]] == ["probabilities", "label"]
+    assert json.loads((tmp_path / "output" / "data" / contract.METRICS_FILE).read_text()) == metrics
