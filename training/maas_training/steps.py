@@ -151,7 +151,9 @@ def choose(
     return fits, fits[best]
 
 
-def refit(s: Session, recipe: TrainedRecipe, data: Encoded, hp: Any, best: Candidate):
+def refit(
+    s: Session, recipe: TrainedRecipe, data: Encoded, hp: Any, best: Candidate
+) -> tuple[nn.Module, int]:
     """The chosen candidate again on train + validation, for the epochs validation chose.
 
     Small data makes one split's validation curve noisy; refitting wastes no labelled row."""
@@ -290,7 +292,16 @@ def run_trained(paths: Paths, hp: Any, recipe: TrainedRecipe) -> dict[str, Any]:
         shutdown_distributed(ctx)
 
 
-def finish_trained(s, recipe, data: Encoded, hp: Any, chosen, model, refit_epochs, t_start):
+def finish_trained(
+    s: Session,
+    recipe: TrainedRecipe,
+    data: Encoded,
+    hp: Any,
+    chosen: tuple[list[Candidate], Candidate],
+    model: nn.Module,
+    refit_epochs: int,
+    t_start: float,
+) -> dict[str, Any]:
     """Evaluate, export, score the export and write the model dir (rank 0)."""
     fits, best = chosen
     test = data.split.test
