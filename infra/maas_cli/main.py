@@ -21,7 +21,21 @@ from maas_cli.runs import last_job, upload, wait_for
 def cmd_local_up(args: argparse.Namespace) -> int:
     from maas_local.foreground import run
 
-    return run(args.aws_port, args.api_port, Path(args.workdir), verbose=args.verbose)
+    return run(
+        args.aws_port, args.api_port, Path(args.workdir), verbose=args.verbose, reset=args.reset
+    )
+
+
+def cmd_local_status(args: argparse.Namespace) -> int:
+    from maas_local.status import print_status
+
+    return print_status(Path(args.workdir))
+
+
+def cmd_local_logs(args: argparse.Namespace) -> int:
+    from maas_local.status import print_logs
+
+    return print_logs(Path(args.workdir), follow=args.follow)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -226,8 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--api-port", type=int, default=8080)
     up.add_argument("--aws-port", type=int, default=4566)
     up.add_argument("--workdir", default=".maas/local")
-    up.add_argument("--verbose", action="store_true", help="show the functions' logs")
+    up.add_argument("--verbose", action="store_true", help="the stack's own logs on the terminal")
+    up.add_argument(
+        "--reset", action="store_true", help="start empty: forget what the work dir holds"
+    )
     up.set_defaults(func=cmd_local_up)
+    st = local_sub.add_parser("status", help="what the local stack holds, and whether it runs")
+    st.add_argument("--workdir", default=".maas/local")
+    st.set_defaults(func=cmd_local_status)
+    lg = local_sub.add_parser("logs", help="the functions' logs and metrics, and the stack's")
+    lg.add_argument("--workdir", default=".maas/local")
+    lg.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    lg.set_defaults(func=cmd_local_logs)
 
     u = sub.add_parser("upload", help="upload a dataset (starts a training run)")
     u.add_argument("file")
@@ -292,9 +316,29 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except StackNotFound as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        print(f"error: {_explained(e)}", file=sys.stderr)
         return 2
+
+
+def _explained(e: Exception) -> str:
+    """One line for a person: what went wrong and what to do, never a traceback."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+    if isinstance(e, NoRegionError | NoCredentialsError):
+        return (
+            f"{e}: start a local stack with `maas local up`, or configure AWS "
+            "(AWS_REGION and credentials) for a deployed stack"
+        )
+    if isinstance(e, ClientError | BotoCoreError):
+        return f"{e} (is the stack running, and are your AWS credentials for it?)"
+    if isinstance(e, StackNotFound | FileNotFoundError | PermissionError | ValueError):
+        return str(e)
+    if type(e).__name__ in ("StackRunning", "PortInUse"):  # the local stack's own refusals
+        return str(e)
+    return f"{type(e).__name__}: {e}"
 
 
 if __name__ == "__main__":

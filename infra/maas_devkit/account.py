@@ -85,18 +85,34 @@ def create_resources(
     stack_name: str = STACK_NAME,
     region: str = REGION,
     max_visibility_s: int | None = None,
+    notifications: bool = True,
 ) -> Resources:
     """Create the template's queues, tables and buckets through `client(service)`.
 
     `max_visibility_s` caps queue visibility timeouts (a laptop retries failed messages in
-    seconds, not the six minutes Lambda's timeout calls for).
+    seconds, not the six minutes Lambda's timeout calls for). `notifications=False` leaves the
+    buckets' S3 -> SQS notifications to `configure_notifications` (after restoring objects
+    that must not look like new uploads).
     """
     template = template if template is not None else load_template()
     res = Resources(region)
     _create_queues(client("sqs"), template, res, stack_name, max_visibility_s)
     _create_tables(client("dynamodb"), template, res, stack_name)
     _create_buckets(client("s3"), template, res, stack_name)
+    if notifications:
+        configure_notifications(client("s3"), template, res)
     return res
+
+
+def configure_notifications(s3: Any, template: dict[str, Any], res: Resources) -> None:
+    """The buckets' notifications to their queues, as template.yaml configures them."""
+    for logical, spec in resources_of_type(template, "AWS::S3::Bucket").items():
+        configs = _queue_notifications(spec, res)
+        if configs:
+            s3.put_bucket_notification_configuration(
+                Bucket=res.names[logical],
+                NotificationConfiguration={"QueueConfigurations": configs},
+            )
 
 
 def _create_queues(
@@ -165,13 +181,6 @@ def _create_buckets(s3: Any, template: dict[str, Any], res: Resources, stack: st
                 },
             )
         res.record(logical, name, f"arn:aws:s3:::{name}")
-    for logical, spec in buckets.items():
-        configs = _queue_notifications(spec, res)
-        if configs:
-            s3.put_bucket_notification_configuration(
-                Bucket=res.names[logical],
-                NotificationConfiguration={"QueueConfigurations": configs},
-            )
 
 
 def _queue_notifications(spec: dict[str, Any], res: Resources) -> list[dict[str, Any]]:

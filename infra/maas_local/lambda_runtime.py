@@ -12,6 +12,8 @@ from typing import Any
 
 from maas_devkit.lambda_runtime import LambdaContext, load_handler
 
+from maas_local.console import running_function
+
 
 class FunctionPool:
     """N warm containers of one function; each serves one event at a time, as on Lambda.
@@ -49,7 +51,11 @@ class FunctionPool:
             self._idle.put(module)
 
     def invoke(self, event: dict[str, Any]) -> Any:
-        with self._container() as module, self._exclusive or nullcontext():
+        with (
+            self._container() as module,
+            self._exclusive or nullcontext(),
+            running_function(self.name),
+        ):
             context = LambdaContext(self.name, self.memory_mb, self.timeout_s)
             try:
                 return module.lambda_handler(event, context)
