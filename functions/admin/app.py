@@ -31,9 +31,9 @@ class Forbidden(PermissionError):
 def registry() -> Registry:
     global _registry
     if _registry is None:
-        from maas.core.config import settings
+        from maas.core.config import AdminSettings
 
-        _registry = Registry(settings().registry_table)
+        _registry = Registry(AdminSettings.from_env().registry_table)
     return _registry
 
 

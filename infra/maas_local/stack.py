@@ -187,9 +187,6 @@ class LocalStack:
             else:
                 os.environ[key] = value
         self._saved_env = {}
-        from maas.core.config import settings
-
-        settings.cache_clear()
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -383,9 +380,6 @@ class LocalStack:
         # was there so stop() can put it back (tests and `maas demo` run more after us).
         self._saved_env = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
-        from maas.core.config import settings
-
-        settings.cache_clear()
 
     # --- Lambda's SQS event source mapping -----------------------------------------------
 

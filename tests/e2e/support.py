@@ -15,8 +15,6 @@ from maas_local.stack import LocalStack, LocalStackConfig, free_port
 @contextmanager
 def running_stack(workdir: Path, **options: Any) -> Iterator[LocalStack]:
     """A local stack on free ports; the process environment it set is put back afterwards."""
-    from maas.core.config import settings
-
     saved = dict(os.environ)
     cfg = LocalStackConfig(aws_port=free_port(), api_port=free_port(), workdir=workdir, **options)
     try:
@@ -26,7 +24,6 @@ def running_stack(workdir: Path, **options: Any) -> Iterator[LocalStack]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        settings.cache_clear()
 
 
 def publish(

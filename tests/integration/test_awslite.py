@@ -239,7 +239,7 @@ def test_registry_and_store_read_through_the_light_clients(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from helpers import ARTIFACT_BUCKET, publish_model
-    from maas.core.config import Settings
+    from maas.core.config import InferenceSettings
     from maas.core.registry import Registry
     from maas.core.storage import Storage
     from maas.serving.store import ModelStore
@@ -265,7 +265,7 @@ def test_registry_and_store_read_through_the_light_clients(
     reader = Registry("maas-registry", table=session.table("maas-registry"))
     assert reader.get_alias("iris") == writer.get_alias("iris")
     assert reader.list_versions("iris") == writer.list_versions("iris")
-    settings = Settings(
+    settings = InferenceSettings(
         registry_table="maas-registry",
         artifact_bucket=ARTIFACT_BUCKET,
         model_cache_dir=str(tmp_path / "cache"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -23,7 +22,7 @@ from helpers import (
     publish_model,
     train_tiny_classifier,
 )
-from maas.core.config import settings
+from maas.serving.http import ClientResponse
 
 # Powertools warns on every request that adds no metric (health, errors): expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
@@ -47,12 +46,11 @@ class Api:
         self.context = context
 
     def __call__(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Reply:
-        response = self.app.lambda_handler(http_event(method, path, body, **kwargs), self.context)
-        raw = response.get("body") or ""
-        if response.get("isBase64Encoded"):
-            raw = base64.b64decode(raw).decode()
-        headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
-        return Reply(response["statusCode"], json.loads(raw) if raw else None, headers)
+        return self.invoke(http_event(method, path, body, **kwargs))
+
+    def invoke(self, event: dict[str, Any]) -> Reply:
+        reply = ClientResponse.of(self.app.lambda_handler(event, self.context))
+        return Reply(reply.status, reply.json(), reply.headers)
 
     def infer(self, model: str, body: Any, version: str | None = None, **kwargs: Any) -> Reply:
         path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
@@ -236,11 +234,7 @@ def test_infer_base64_body_that_is_not_utf8_json_is_400(api: Api, iris: Any) -> 
 def test_infer_invalid_base64_body_is_400(api: Api, iris: Any) -> None:
     event = http_event("POST", "/v2/models/iris/infer", "x")
     event.update({"body": "not*base64!", "isBase64Encoded": True})
-    response = api.app.lambda_handler(event, api.context)
-    headers = {k.lower(): v for k, v in response["headers"].items()}
-    assert_error(
-        Reply(response["statusCode"], json.loads(response["body"]), headers), 400, "base64"
-    )
+    assert_error(api.invoke(event), 400, "base64")
 
 
 def test_infer_versioned_route_serves_that_version_and_unversioned_follows_prod(
@@ -254,7 +248,6 @@ def test_infer_versioned_route_serves_that_version_and_unversioned_follows_prod(
 ) -> None:
     # GIVEN v1 in prod and a v2 that labels differently, not yet promoted; no alias caching
     monkeypatch.setenv("ALIAS_TTL_S", "0")
-    settings.cache_clear()
     api = Api(load_handler("inference"), lambda_context)
     publish_model(registry, storage, "iris", 2, iris_model_reversed.onnx)
     body = infer_body(iris.features[:1], outputs=["label"])
@@ -389,7 +382,6 @@ def test_batch_above_max_batch_size_is_413(
 ) -> None:
     # GIVEN a function configured for batches of at most 4
     monkeypatch.setenv("MAX_BATCH_SIZE", "4")
-    settings.cache_clear()
     api = Api(load_handler("inference"), lambda_context)
 
     # THEN 4 rows pass and 5 are refused as too large

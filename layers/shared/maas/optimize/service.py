@@ -24,7 +24,7 @@ from maas.core.artifacts import (
     TOKENIZER_FILE,
     model_prefix,
 )
-from maas.core.config import Settings
+from maas.core.config import OptimizeSettings
 from maas.core.registry import (
     FAILED,
     OPTIMIZING,
@@ -55,7 +55,7 @@ class Outcome:
 
 
 class Optimizer:
-    def __init__(self, settings: Settings, registry: Registry, storage: Storage) -> None:
+    def __init__(self, settings: OptimizeSettings, registry: Registry, storage: Storage) -> None:
         self.settings = settings
         self.registry = registry
         self.storage = storage

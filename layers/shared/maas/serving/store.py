@@ -28,7 +28,7 @@ from maas.serving.oip import InferRequest, PayloadTooLarge, ProtocolError, oip_d
 from maas.serving.ortsession import new_session
 
 if TYPE_CHECKING:
-    from maas.core.config import Settings
+    from maas.core.config import InferenceSettings
 
 MB_PER_VCPU = 1769  # Lambda allocates one vCPU per 1769 MB of memory
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class ModelStore:
     on it hold their own reference and finish normally.
     """
 
-    def __init__(self, settings: Settings, registry: Registry, storage: Storage) -> None:
+    def __init__(self, settings: InferenceSettings, registry: Registry, storage: Storage) -> None:
         self.settings = settings
         self.registry = registry
         self.storage = storage
@@ -190,7 +190,7 @@ class ModelStore:
         self.draw = random.random  # the canary draw; tests replace it
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ModelStore:
+    def from_settings(cls, settings: InferenceSettings) -> ModelStore:
         """A store reading through maas.serving.awslite where it can (see there), else boto3."""
         from maas.serving.awslite import Session, wanted
 
