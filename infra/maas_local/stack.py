@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from maas.core.config import FUNCTION_SETTINGS
 
 from .lambda_runtime import FunctionPool
 from .template import load_template, resources_of_type
@@ -376,6 +377,10 @@ class LocalStack:
                     "LOG_LEVEL": "WARNING",
                 }
             )
+        # Each function's settings from what it will see: a variable missing or invalid fails
+        # the start, naming it, rather than the function's first event.
+        for settings in FUNCTION_SETTINGS.values():
+            settings.from_env({**os.environ, **env})
         # The functions run in this process: they see this process's environment. Keep what
         # was there so stop() can put it back (tests and `maas demo` run more after us).
         self._saved_env = {k: os.environ.get(k) for k in env}

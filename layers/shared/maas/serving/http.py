@@ -19,6 +19,16 @@ from typing import Any, NamedTuple
 from maas.serving.oip import PayloadTooLarge, ProtocolError
 
 LAMBDA_PAYLOAD_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit
+# What each error status means on this API (docs/openapi.json's descriptions).
+ERRORS = {
+    400: "Malformed or inconsistent request",
+    403: "Not SigV4-signed by an authorized IAM identity",
+    404: "No such model, version or route",
+    409: "The registry is not in a state that allows it (conditional write lost or refused)",
+    413: "Body above Lambda's 6 MB payload limit, batch above the configured maximum, or a "
+    "BYTES element above 64 KiB",
+    503: "The model cannot serve now (not READY, artifact missing or failing its checksum)",
+}
 
 
 class Response:
