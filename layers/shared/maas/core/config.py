@@ -1,6 +1,6 @@
 """Environment variables as a model: each function declares the environment it reads, once.
 
-One frozen dataclass per function (IngestSettings, OptimizeSettings, InferenceSettings,
+One dataclass per function (IngestSettings, OptimizeSettings, InferenceSettings,
 AdminSettings), each field naming its variable, its default (none: required) and its bounds,
 checked and coerced on construction the way pydantic's lax mode reads environment strings
 ("30" -> 30, "false" -> False). A required variable that is unset or empty fails from_env()
@@ -41,7 +41,7 @@ def setting(
     return dataclasses.field(default=default, metadata={"env": env, "ge": ge, "gt": gt, "le": le})
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class EnvSettings:
     """What the four functions' settings share: coercion, bounds, reading the environment."""
 
@@ -51,7 +51,7 @@ class EnvSettings:
             where = f"{f.metadata['env']} ({f.name})"
             value = _coerce(where, getattr(self, f.name), hints[f.name])
             _check_bounds(where, value, f.metadata)
-            object.__setattr__(self, f.name, value)
+            setattr(self, f.name, value)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
@@ -79,7 +79,7 @@ class EnvSettings:
         }
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class IngestSettings(EnvSettings):
     data_bucket: str = setting("DATA_BUCKET")
     artifact_bucket: str = setting("ARTIFACT_BUCKET")
@@ -104,13 +104,13 @@ class IngestSettings(EnvSettings):
             raise SettingsError("TRAINING_BACKEND=local needs LOCAL_TRAINING_QUEUE_URL")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class OptimizeSettings(EnvSettings):
     artifact_bucket: str = setting("ARTIFACT_BUCKET")
     registry_table: str = setting("REGISTRY_TABLE")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class InferenceSettings(EnvSettings):
     artifact_bucket: str = setting("ARTIFACT_BUCKET")
     registry_table: str = setting("REGISTRY_TABLE")
@@ -132,7 +132,7 @@ class InferenceSettings(EnvSettings):
         return int(mb * 1024 * 1024)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class AdminSettings(EnvSettings):
     registry_table: str = setting("REGISTRY_TABLE")
 
