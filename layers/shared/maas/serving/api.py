@@ -10,9 +10,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from maas import __version__
 from maas.core.config import InferenceSettings, SettingsError
-from maas.serving.http import Request, Response, Router, error_response, json_response
+from maas.serving.http import (
+    ProtocolError,
+    Request,
+    Response,
+    Router,
+    error_response,
+    json_response,
+)
 from maas.serving.metrics import Metrics
-from maas.serving.oip import HEADER_LENGTH, ProtocolError, decode_request, encode_infer_response
+from maas.serving.oip import HEADER_LENGTH, decode_request, encode_infer_response
 from maas.serving.store import ModelNotFound, ModelStore, ModelUnavailable
 
 logger = logging.getLogger("maas.inference")

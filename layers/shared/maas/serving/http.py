@@ -2,8 +2,9 @@
 
 One definition each of the route table, the request body (base64, gzip/deflate, Lambda's
 6 MB limit), the response event and the `{"error": ...}` shape, for the inference function,
-the local stack's API server and the tests. Standard library only (plus the OIP errors): it
-sits on the inference function's cold path.
+the admin function (the error shape), the local stack's API server and the tests. Standard
+library only: it sits on the inference function's cold path, and the admin function has no
+numpy.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import zlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from maas.serving.oip import PayloadTooLarge, ProtocolError
-
 LAMBDA_PAYLOAD_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit
 # What each error status means on this API (docs/openapi.json's descriptions).
 ERRORS = {
@@ -29,6 +28,16 @@ ERRORS = {
     "BYTES element above 64 KiB",
     503: "The model cannot serve now (not READY, artifact missing or failing its checksum)",
 }
+
+
+class ProtocolError(ValueError):
+    """A malformed or inconsistent request: HTTP 400."""
+
+    status = 400
+
+
+class PayloadTooLarge(ProtocolError):
+    status = 413
 
 
 class Response:

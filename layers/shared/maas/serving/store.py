@@ -24,7 +24,8 @@ from maas.core.artifacts import MANIFEST_FILE, MODEL_FILE, model_prefix
 from maas.core.names import InvalidName, check_model_name
 from maas.core.registry import PROD, READY, Alias, NotFound, Registry
 from maas.core.storage import ObjectMissing, Storage, sha256_file
-from maas.serving.oip import InferRequest, PayloadTooLarge, ProtocolError, oip_datatype, oip_shape
+from maas.serving.http import PayloadTooLarge, ProtocolError
+from maas.serving.oip import InferRequest, oip_datatype, oip_shape
 from maas.serving.ortsession import new_session
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from maas.core.storage import ObjectMissing, Storage, sha256_file
-from maas.serving.oip import ProtocolError
+from maas.serving.http import ProtocolError
 from maas.serving.textprep import TEXT_INPUT, TextInputError, load_encoder
 
 Preprocess = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
