@@ -8,7 +8,7 @@ KSERVE_VERSION ?= 0.21.0
 CHECKOV := $(VENV)/checkov/.installed
 CHECKOV_VERSION ?= 3.3.30
 
-.PHONY: setup sam kserve checkov reliability-table demo test test-fast lint typecheck local build validate openapi clean bench
+.PHONY: setup sam kserve checkov reliability-table demo test unit integration e2e test-fast lint typecheck local build validate openapi clean bench
 
 setup: $(VENV)/.installed
 
@@ -46,10 +46,23 @@ $(CHECKOV):
 demo: setup
 	$(BIN)/maas demo
 
+# Everything: lint, types, then the three tiers in one pytest run.
 test: setup sam kserve checkov
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The tiers on their own. unit: pure, no subprocess, no network, under a minute on 2 cores;
+# integration: moto in process, handlers with real events, subprocess training, the SAM build,
+# cfn-lint and checkov; e2e: the local stack over HTTP with real clients.
+unit: setup
+	$(BIN)/python -m pytest tests/unit
+
+integration: setup sam checkov
+	$(BIN)/python -m pytest tests/integration
+
+e2e: setup kserve
+	$(BIN)/python -m pytest tests/e2e
 
 # The benchmark suite (bench/): about 10 minutes on 2 vCPUs. Writes bench/results.json,
 # bench/results.md, the plots the README shows and bench/baseline.json (the regression check's).

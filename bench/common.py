@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 OUT = BENCH / "out"  # scratch (gitignored): the stack's workdir, models, sam build
 for _path in (REPO / "tests", REPO / "functions" / "inference"):
-    if str(_path) not in sys.path:  # tests/ helpers (events, corpora) and nothing else
+    if str(_path) not in sys.path:  # tests/ corpora (textcorpus, pretrained) and nothing else
         sys.path.append(str(_path))
 
 
@@ -106,21 +106,6 @@ def _default(o: Any) -> Any:
 
 def infer_event(model: str, body: dict[str, Any] | str) -> dict[str, Any]:
     """An API Gateway HTTP API (payload 2.0) POST /v2/models/<model>/infer, as the tests build."""
-    from helpers import http_event  # tests/helpers.py: the events/ files' shape
+    from maas_devkit.events import http_event
 
     return http_event("POST", f"/v2/models/{model}/infer", body)
-
-
-class Context:
-    """The Lambda context attributes the handlers read."""
-
-    function_name = "maas-bench-inference"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 1769
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:maas-bench-inference"
-    aws_request_id = "bench"
-    log_group_name = "/aws/lambda/maas-bench-inference"
-    log_stream_name = "bench"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import requests
+from maas_cli.runs import job_of, registry_of
+from maas_devkit.wait import wait_until_serving
 
 
 @dataclass
@@ -54,22 +55,6 @@ def _client(stack: Any, service: str) -> Any:
     return stack.client(service)
 
 
-def _registry(stack: Any) -> Any:
-    from maas.core.registry import Registry
-
-    return Registry(stack.outputs["RegistryTableName"], client=_client(stack, "dynamodb"))
-
-
-def _job_name(stack: Any, model: str, run: str, trigger_key: str, bucket: str) -> str:
-    from maas.core.names import job_name
-
-    head = _client(stack, "s3").head_object(Bucket=bucket, Key=trigger_key)
-    identity = head.get("VersionId") or head["ETag"].strip('"')
-    if identity == "null":
-        identity = head["ETag"].strip('"')
-    return str(job_name(model, run, identity))
-
-
 @dataclass
 class Pending:
     """An upload on its way through the pipeline."""
@@ -99,36 +84,16 @@ def submit(
         s3.upload_file(str(path), bucket, base + rel)
     trigger = base + "job.json"
     s3.put_object(Bucket=bucket, Key=trigger, Body=json.dumps(job).encode())
-    return Pending(model, _job_name(stack, model, run, trigger, bucket), started, probe)
+    return Pending(model, job_of(stack, trigger), started, probe)
 
 
 def wait_serving(stack: Any, pending: Pending, timeout: float = 1500) -> tuple[int, float]:
     """(version, seconds from the first upload byte to the first response that the new
     version gave over the HTTP API)."""
-    registry = _registry(stack)
-    model, name = pending.model, pending.job
-    deadline = time.monotonic() + timeout
-    version = None
-    while time.monotonic() < deadline:
-        claim = registry.find_job(name)
-        if claim is not None:
-            record = registry.get_version(model, claim.version)
-            if record.status in ("REJECTED", "FAILED"):
-                raise RuntimeError(f"{model} v{claim.version} {record.status}: {record.reason}")
-            version = claim.version
-            if record.status == "READY":
-                break
-        time.sleep(0.1)
-    if version is None:
-        raise TimeoutError(f"{model}: no version within {timeout} s")
-    url = f"{stack.api_url}/v2/models/{model}/infer"
-    http = requests.Session()
-    while time.monotonic() < deadline:
-        r = http.post(url, json=pending.probe, timeout=60)
-        if r.status_code == 200 and r.json().get("model_version") == str(version):
-            return version, time.perf_counter() - pending.started
-        time.sleep(0.05)
-    raise TimeoutError(f"{model} v{version} was not served within {timeout} s")
+    record = wait_until_serving(
+        stack, pending.model, pending.probe, job=pending.job, timeout=timeout
+    )
+    return int(record["version"]), time.perf_counter() - pending.started
 
 
 def fetch_served(stack: Any, model: str, version: int, job: str, dest: Path) -> Served:
@@ -148,7 +113,7 @@ def fetch_served(stack: Any, model: str, version: int, job: str, dest: Path) -> 
 
 def training_model_dir(stack: Any, job: str, dest: Path) -> Path:
     """The training job's own model dir (fp32 model.onnx, samples): its model.tar.gz."""
-    record = _registry(stack).find_job(job)
+    record = registry_of(stack).find_job(job)
     assert record is not None
     out = dest / "training"
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ same inputs, interleaved pair by pair, so that what differs is only the handler'
 Gateway event, the OIP decode and checks, the alias lookup (cached), the response encode.
 
 `probe()` is the regression check's measurement (tests/integration/test_handler_overhead.py):
-a digits softmax regression (64 features, 10 classes, tests/helpers.py) published into moto,
+a digits softmax regression (64 features, 10 classes, maas_devkit.models) published into moto,
 batch 1 over JSON. `make bench` records its result in bench/baseline.json; the test fails when
 a run's overhead ratio is more than twice that.
 """
@@ -84,9 +84,9 @@ def probe(pairs: int = 3000) -> dict[str, Any]:
     import tempfile
 
     import boto3
-    import helpers  # tests/helpers.py (bench.common puts tests/ on sys.path)
     import moto
     import numpy as np
+    from maas_devkit import account, lambda_runtime, models, publish
 
     saved = dict(os.environ)
     tmp = tempfile.mkdtemp(prefix="maas-overhead-")
@@ -96,7 +96,7 @@ def probe(pairs: int = 3000) -> dict[str, Any]:
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
             "REGISTRY_TABLE": "maas-registry",
-            "ARTIFACT_BUCKET": helpers.ARTIFACT_BUCKET,
+            "ARTIFACT_BUCKET": account.ARTIFACT_BUCKET,
             "MODEL_CACHE_DIR": tmp,
             "POWERTOOLS_METRICS_DISABLED": "true",
             "MAAS_AWS_CLIENT": "boto3",
@@ -106,7 +106,7 @@ def probe(pairs: int = 3000) -> dict[str, Any]:
         os.environ.pop(name, None)
     try:
         with moto.mock_aws():
-            boto3.client("s3").create_bucket(Bucket=helpers.ARTIFACT_BUCKET)
+            boto3.client("s3").create_bucket(Bucket=account.ARTIFACT_BUCKET)
             boto3.client("dynamodb").create_table(
                 TableName="maas-registry",
                 BillingMode="PAY_PER_REQUEST",
@@ -119,16 +119,16 @@ def probe(pairs: int = 3000) -> dict[str, Any]:
                     {"AttributeName": "sk", "AttributeType": "S"},
                 ],
             )
-            clf, x = helpers.train_tiny_classifier("digits")
+            clf, x = models.train_tiny_classifier("digits")
             from maas.core.registry import Registry
             from maas.core.storage import Storage
 
-            helpers.publish_model(
+            publish.publish_model(
                 Registry("maas-registry"), Storage(), "digits", 1, clf.onnx_bytes(), promote=True
             )
-            app = helpers.load_handler("inference")
+            app = lambda_runtime.load_handler("inference")
             row = x[:1].astype(np.float32)
-            event = infer_event("digits", helpers.infer_body(row))
+            event = infer_event("digits", models.infer_body(row))
             first = app.lambda_handler(event, None)
             assert first["statusCode"] == 200, first["body"]
             session = app.store().get("digits", None).session
@@ -138,11 +138,9 @@ def probe(pairs: int = 3000) -> dict[str, Any]:
         os.environ.update(saved)
 
 
-def baseline() -> dict[str, Any] | None:
-    try:
-        doc: dict[str, Any] = json.loads(BASELINE.read_text())
-    except (OSError, ValueError):
-        return None
+def baseline() -> dict[str, Any]:
+    """What the last `make bench` recorded (committed: the regression check compares with it)."""
+    doc: dict[str, Any] = json.loads(BASELINE.read_text())
     return doc
 
 

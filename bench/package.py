@@ -92,7 +92,7 @@ def build(out: Path) -> tuple[Path, float, str]:
 
 
 def sizes(build_dir: Path) -> dict[str, Any]:
-    from cfn_template import load_template
+    from maas_devkit.cfn import load_template
 
     template = load_template(REPO / "template.yaml")
     out: dict[str, Any] = {
@@ -136,7 +136,7 @@ def runtime_boto3(python312: str, dest: Path) -> Path:
 def bytecode_effect(build_dir: Path, python312: str, work: Path, repeats: int = 7) -> dict:
     """`import app` (the inference handler, which imports numpy and onnxruntime) from the build
     output under python3.12 -S, with the layers' .pyc files and without them."""
-    from cfn_template import load_template
+    from maas_devkit.cfn import load_template
 
     template = load_template(REPO / "template.yaml")
     layers = function_layers(template, "InferenceFunction")

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from maas_devkit.lambda_runtime import LambdaContext
 
-from .common import BENCH, Context, infer_event, percentile, summary
+from .common import BENCH, infer_event, percentile, summary
 
 
 def load_torch_app(kind: str, model_dir: Path) -> Any:
@@ -37,11 +38,9 @@ def load_torch_app(kind: str, model_dir: Path) -> Any:
 
 
 def load_handler() -> Any:
-    from maas_local.lambda_runtime import load_handler_module
+    from maas_devkit.lambda_runtime import load_handler as load
 
-    from .common import REPO
-
-    return load_handler_module(REPO / "functions", "inference")
+    return load("inference")
 
 
 def _ok(response: dict[str, Any]) -> None:
@@ -89,7 +88,7 @@ def run_case(
 
 
 def digits_cases(handler: Any, torch_app: Any, x: np.ndarray, **kw: Any) -> dict[str, Any]:
-    ctx = Context()
+    ctx = LambdaContext("maas-bench-inference")
     results = {}
     for batch in (1, 32):
         rows = x[:batch].astype(np.float32)
@@ -117,7 +116,7 @@ def digits_cases(handler: Any, torch_app: Any, x: np.ndarray, **kw: Any) -> dict
 def text_cases(
     handler: Any, torch_app: Any, texts: dict[str, str], budgets: dict[str, float], **kw: Any
 ) -> dict[str, Any]:
-    ctx = Context()
+    ctx = LambdaContext("maas-bench-inference")
     results = {}
     for label, text in texts.items():
         for batch in (1, 32):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import gc
 import socket
@@ -13,73 +12,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from maas_devkit import account, lambda_runtime, models, repo
 
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-import helpers  # noqa: E402 - needs tests/ on sys.path first
-import reliability  # noqa: E402
+import reliability  # noqa: E402 - needs tests/ on sys.path first
 
 # moto and botocore allocate heavily per test; default thresholds spent ~25% of the
 # integration run in full collections of a heap that is mostly long-lived service models.
 gc.set_threshold(10_000, 20, 20)
 
-REGISTRY_TABLE = "maas-registry"
-TRAINING_ROLE_ARN = f"arn:aws:iam::{helpers.ACCOUNT}:role/maas-training"
+TRAINING_ROLE_ARN = f"arn:aws:iam::{repo.ACCOUNT}:role/maas-training"
 TRAINING_IMAGE = (
     "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
     "pytorch-training:2.5.1-gpu-py311-cu124-ubuntu22.04-sagemaker"
 )
-TRAINING_CODE_S3 = f"s3://{helpers.ARTIFACT_BUCKET}/code/training.tar.gz"
-DEFAULT_KEY_SCHEMA = {
-    "KeySchema": [
-        {"AttributeName": "pk", "KeyType": "HASH"},
-        {"AttributeName": "sk", "KeyType": "RANGE"},
-    ],
-    "AttributeDefinitions": [
-        {"AttributeName": "pk", "AttributeType": "S"},
-        {"AttributeName": "sk", "AttributeType": "S"},
-    ],
-}
-
-
-# --- template.yaml ------------------------------------------------------------------------
-
-
-def registry_table_schema(template: Path = helpers.REPO / "template.yaml") -> dict[str, Any]:
-    """The RegistryTable's keys as template.yaml declares them, so the test table is the stack's.
-
-    Falls back to pk/sk while the template is absent or does not declare the table.
-    """
-    try:
-        stamp = template.stat().st_mtime_ns
-    except OSError:
-        return DEFAULT_KEY_SCHEMA
-    return copy.deepcopy(_schema_from_template(template, stamp))
+TRAINING_CODE_S3 = f"s3://{account.ARTIFACT_BUCKET}/code/training.tar.gz"
 
 
 @functools.cache
-def _schema_from_template(template: Path, stamp: int) -> dict[str, Any]:
-    import yaml
-    from cfn_template import load_template
+def stack_template() -> dict[str, Any]:
+    """template.yaml, read once per test session (moto accounts are built from it)."""
+    from maas_devkit.cfn import load_template
 
-    try:
-        props = load_template(template)["Resources"]["RegistryTable"]["Properties"]
-        schema = {
-            "KeySchema": props["KeySchema"],
-            "AttributeDefinitions": props["AttributeDefinitions"],
-        }
-        if props.get("GlobalSecondaryIndexes"):
-            schema["GlobalSecondaryIndexes"] = [
-                {k: v for k, v in gsi.items() if k != "ProvisionedThroughput"}
-                for gsi in props["GlobalSecondaryIndexes"]
-            ]
-        if not all(isinstance(k.get("AttributeName"), str) for k in schema["KeySchema"]):
-            return DEFAULT_KEY_SCHEMA
-        return schema
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
-        return DEFAULT_KEY_SCHEMA
+    return load_template()
 
 
 # --- AWS ----------------------------------------------------------------------------------
@@ -117,7 +75,7 @@ class AwsAccount:
     def sagemaker(self) -> Any:
         import boto3
 
-        return boto3.client("sagemaker", region_name=helpers.REGION)
+        return boto3.client("sagemaker", region_name=repo.REGION)
 
     def registry(self) -> Any:
         from maas.core.registry import Registry
@@ -144,7 +102,7 @@ def _fresh_boto3_session() -> Any:
         _LOADER = botocore.loaders.create_loader()
     core = botocore.session.get_session()
     core.register_component("data_loader", _LOADER)
-    session = boto3.Session(botocore_session=core, region_name=helpers.REGION)
+    session = boto3.Session(botocore_session=core, region_name=repo.REGION)
     # boto3 appends its own data path on every session; keep the shared list from growing.
     _LOADER.search_paths[:] = list(dict.fromkeys(_LOADER.search_paths))
     return session
@@ -163,10 +121,10 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsAccount]
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", helpers.REGION)
-    monkeypatch.setenv("REGISTRY_TABLE", REGISTRY_TABLE)
-    monkeypatch.setenv("DATA_BUCKET", helpers.DATA_BUCKET)
-    monkeypatch.setenv("ARTIFACT_BUCKET", helpers.ARTIFACT_BUCKET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", repo.REGION)
+    monkeypatch.setenv("REGISTRY_TABLE", account.REGISTRY_TABLE)
+    monkeypatch.setenv("DATA_BUCKET", account.DATA_BUCKET)
+    monkeypatch.setenv("ARTIFACT_BUCKET", account.ARTIFACT_BUCKET)
     monkeypatch.setenv("TRAINING_ROLE_ARN", TRAINING_ROLE_ARN)
     monkeypatch.setenv("TRAINING_IMAGE", TRAINING_IMAGE)
     monkeypatch.setenv("TRAINING_CODE_S3", TRAINING_CODE_S3)
@@ -174,31 +132,26 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsAccount]
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "maas")
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "model-cache"))
-    schema = registry_table_schema()
     with moto.mock_aws():
         # After mock_aws (which drops the default session): handlers' boto3.client() calls
         # land on a fresh session that reuses the parsed service models across tests.
         monkeypatch.setattr(boto3, "DEFAULT_SESSION", _fresh_boto3_session())
-        s3 = boto3.client("s3", region_name=helpers.REGION)
-        for bucket in (helpers.DATA_BUCKET, helpers.ARTIFACT_BUCKET):
-            s3.create_bucket(Bucket=bucket)
-            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-        ddb = boto3.client("dynamodb", region_name=helpers.REGION)
-        ddb.create_table(TableName=REGISTRY_TABLE, BillingMode="PAY_PER_REQUEST", **schema)
-        sqs = boto3.client("sqs", region_name=helpers.REGION)
-        queue_url = sqs.create_queue(QueueName=helpers.LOCAL_TRAINING_QUEUE)["QueueUrl"]
+        clients = {
+            name: boto3.client(name, region_name=repo.REGION)  # type: ignore[call-overload]
+            for name in ("s3", "sqs", "dynamodb")
+        }
+        res = account.create_resources(clients.__getitem__, stack_template())
         # As template.yaml gives the ingest function: permanent failures go straight here.
-        dlq_url = sqs.create_queue(QueueName=helpers.INGEST_DLQ)["QueueUrl"]
-        monkeypatch.setenv("INGEST_DLQ_URL", dlq_url)
+        monkeypatch.setenv("INGEST_DLQ_URL", res.urls["IngestDLQ"])
         yield AwsAccount(
-            s3=s3,
-            dynamodb=ddb,
-            sqs=sqs,
-            table=REGISTRY_TABLE,
-            data_bucket=helpers.DATA_BUCKET,
-            artifact_bucket=helpers.ARTIFACT_BUCKET,
-            local_training_queue_url=queue_url,
-            ingest_dlq_url=dlq_url,
+            s3=clients["s3"],
+            dynamodb=clients["dynamodb"],
+            sqs=clients["sqs"],
+            table=res.names["RegistryTable"],
+            data_bucket=res.names["DataBucket"],
+            artifact_bucket=res.names["ArtifactBucket"],
+            local_training_queue_url=res.urls[account.LOCAL_TRAINING_QUEUE_ID],
+            ingest_dlq_url=res.urls["IngestDLQ"],
         )
 
 
@@ -233,8 +186,8 @@ def storage(aws: AwsAccount) -> Any:
 
 
 @pytest.fixture
-def lambda_context() -> helpers.FakeLambdaContext:
-    return helpers.FakeLambdaContext()
+def lambda_context() -> lambda_runtime.LambdaContext:
+    return lambda_runtime.LambdaContext()
 
 
 # --- a real model -------------------------------------------------------------------------
@@ -242,7 +195,7 @@ def lambda_context() -> helpers.FakeLambdaContext:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    classifier: helpers.TinyClassifier
+    classifier: models.TinyClassifier
     onnx: bytes
     features: Any  # np.ndarray [N, F] of raw feature rows from the dataset
 
@@ -250,7 +203,7 @@ class TrainedModel:
 @pytest.fixture(scope="session")
 def iris_model() -> TrainedModel:
     """A logistic regression on iris as an ONNX classifier: 4 features, 3 named classes."""
-    clf, x = helpers.train_tiny_classifier("iris")
+    clf, x = models.train_tiny_classifier("iris")
     return TrainedModel(clf, clf.onnx_bytes(), x)
 
 
@@ -258,7 +211,7 @@ def iris_model() -> TrainedModel:
 def iris_model_reversed(iris_model: TrainedModel) -> TrainedModel:
     """The same weights with the class names reversed: a second version that answers differently."""
     base = iris_model.classifier
-    clf = helpers.TinyClassifier(
+    clf = models.TinyClassifier(
         base.weights, base.bias, base.mean, base.scale, list(reversed(base.classes))
     )
     return TrainedModel(clf, clf.onnx_bytes(), iris_model.features)

@@ -1,1 +1,1 @@
-"""The embedded local stack and the `maas` CLI: the whole loop on one machine, no Docker."""
+"""The local emulator: moto's server plays AWS; the production handlers run in this process."""

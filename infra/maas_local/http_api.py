@@ -8,77 +8,22 @@ payload limit are refused with 413 before any function runs, as Lambda would ref
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import time
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 from maas.serving.http import LAMBDA_PAYLOAD_BYTES, ClientResponse, error_body
+from maas_devkit.events import http_api_event
 
-from .lambda_runtime import FunctionPool
-from .sigv4 import Unauthorized, verify
+from maas_local.lambda_runtime import FunctionPool
+from maas_local.sigv4 import Unauthorized, verify
 
 log = logging.getLogger("maas.local.api")
-# API Gateway passes these content types through as text; everything else arrives base64.
-TEXT_TYPES = ("application/json", "text/", "application/xml", "application/x-www-form-urlencoded")
 MAX_PAYLOAD = 10 * 1024 * 1024  # API Gateway's own request limit; Lambda's 6 MB is the function's
 ADMIN_PREFIX = "/admin/"
-
-
-def http_api_event(
-    method: str, raw_path: str, headers: dict[str, str], body: bytes, source_ip: str = "127.0.0.1"
-) -> dict[str, Any]:
-    parts = urlsplit(raw_path)
-    lowered = {k.lower(): v for k, v in headers.items()}
-    content_type = lowered.get("content-type", "")
-    is_text = not body or content_type.startswith(TEXT_TYPES)
-    if is_text:
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError:  # a "text" body that is not UTF-8 travels base64 too
-            is_text = False
-    now = datetime.now(UTC)
-    query: dict[str, str] = {}
-    for pair in filter(None, parts.query.split("&")):
-        k, _, v = pair.partition("=")
-        query[k] = f"{query[k]},{v}" if k in query else v
-    event: dict[str, Any] = {
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": parts.path,
-        "rawQueryString": parts.query,
-        "headers": lowered,
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "local",
-            "domainName": lowered.get("host", "localhost"),
-            "domainPrefix": "local",
-            "http": {
-                "method": method,
-                "path": parts.path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": source_ip,
-                "userAgent": lowered.get("user-agent", ""),
-            },
-            "requestId": uuid.uuid4().hex,
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
-            "timeEpoch": int(time.time() * 1000),
-        },
-        "isBase64Encoded": not is_text,
-    }
-    if query:
-        event["queryStringParameters"] = query
-    if body:
-        event["body"] = body.decode("utf-8") if is_text else base64.b64encode(body).decode()
-    return event
 
 
 @dataclass(frozen=True)
@@ -158,7 +103,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(403, "Forbidden", str(e))
                 return
         event = http_api_event(
-            self.command, self.path, dict(self.headers.items()), body, self.client_address[0]
+            self.command,
+            self.path,
+            dict(self.headers.items()),
+            body or None,
+            source_ip=self.client_address[0],
         )
         if caller is not None:
             event["requestContext"]["authorizer"] = caller.authorizer()

@@ -1,53 +1,18 @@
-"""Load the production handlers from functions/ and invoke them the way Lambda would."""
+"""Warm containers of the production handlers, invoked one event at a time as Lambda does."""
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import queue
-import sys
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-_counter = itertools.count()
+from maas_devkit.lambda_runtime import LambdaContext, load_handler
 
-
-class LambdaContext:
-    """The attributes of Lambda's context object that Powertools and handlers read."""
-
-    def __init__(self, function_name: str, memory_mb: int = 1769, timeout_s: float = 900) -> None:
-        self.function_name = function_name
-        self.function_version = "$LATEST"
-        self.memory_limit_in_mb = memory_mb
-        self.invoked_function_arn = (
-            f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
-        )
-        self.aws_request_id = str(uuid.uuid4())
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = "local"
-        self._deadline = time.monotonic() + timeout_s
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-
-def load_handler_module(functions_dir: Path, name: str) -> ModuleType:
-    """Import functions/<name>/app.py as a fresh module: one per simulated container."""
-    path = functions_dir / name / "app.py"
-    module_name = f"maas_fn_{name}_{next(_counter)}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+from maas_local.console import running_function
 
 
 class FunctionPool:
@@ -75,7 +40,7 @@ class FunctionPool:
         self._exclusive = exclusive
         self._idle: queue.Queue[ModuleType] = queue.Queue()
         for _ in range(size):
-            self._idle.put(load_handler_module(functions_dir, name))
+            self._idle.put(load_handler(name, functions_dir))
 
     @contextmanager
     def _container(self) -> Iterator[ModuleType]:
@@ -86,7 +51,11 @@ class FunctionPool:
             self._idle.put(module)
 
     def invoke(self, event: dict[str, Any]) -> Any:
-        with self._container() as module, self._exclusive or nullcontext():
+        with (
+            self._container() as module,
+            self._exclusive or nullcontext(),
+            running_function(self.name),
+        ):
             context = LambdaContext(self.name, self.memory_mb, self.timeout_s)
             try:
                 return module.lambda_handler(event, context)

@@ -25,13 +25,12 @@ from typing import Any
 from maas import __version__
 from maas.serving import oip
 from maas.serving.http import ERRORS
+from maas_devkit.lambda_runtime import load_handler
+from maas_devkit.repo import REPO
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from .lambda_runtime import load_handler_module
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DOC_PATH = REPO_ROOT / "docs" / "openapi.json"
+DOC_PATH = REPO / "docs" / "openapi.json"
 HEADER = "Inference-Header-Content-Length"
 SECURITY_SCHEMES: dict[str, dict[str, str]] = {
     "sigv4": {
@@ -106,7 +105,7 @@ def admin_document() -> dict[str, Any]:
     """The admin function's operations and schemas, as its resolver documents them."""
     from aws_lambda_powertools.event_handler.openapi.models import APIKey
 
-    handler = load_handler_module(REPO_ROOT / "functions", "admin")
+    handler = load_handler("admin")
     doc: dict[str, Any] = json.loads(
         handler.app.get_openapi_json_schema(
             security_schemes={"sigv4": APIKey.model_validate(SECURITY_SCHEMES["sigv4"])}

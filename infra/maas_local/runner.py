@@ -4,6 +4,10 @@ It takes the CreateTrainingJob request the ingest function sent, lays out /opt/m
 dir (channels, hyperparameters.json, resourceconfig.json), runs the entry point in a
 subprocess, packs model.tar.gz to the job's output path, and delivers the
 "SageMaker Training Job State Change" event to the optimize function, as EventBridge would.
+
+Each job is journaled under <workdir>/jobs/<name>/: request.json when it starts, DONE when its
+outcome was delivered. A job the stack stopped (or was killed) in the middle of is resumed when
+the stack starts again, from its checkpoints, as SageMaker resumes an interrupted spot job.
 """
 
 from __future__ import annotations
@@ -17,33 +21,96 @@ import sys
 import tarfile
 import threading
 import time
-import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .lambda_runtime import FunctionPool
+from maas_devkit.events import training_state_change
+
+from maas_local.console import Console
+from maas_local.lambda_runtime import FunctionPool
+from maas_local.state import write_atomic
 
 if TYPE_CHECKING:
-    from .stack import LocalStack
+    from maas_local.stack import LocalStack
 
 log = logging.getLogger("maas.local.runner")
 HOST = "algo-1"
 
 
+class Interrupted(Exception):
+    """The stack is stopping: the job stays journaled, to resume at the next start."""
+
+
 class TrainingRunner:
-    def __init__(self, stack: LocalStack, optimize: FunctionPool) -> None:
+    def __init__(
+        self, stack: LocalStack, optimize: FunctionPool, console: Console | None = None
+    ) -> None:
         self.stack = stack
         self.optimize = optimize
+        self.console = console or Console(quiet=True)
         self._seen: set[str] = set()
         self._lock = threading.Lock()
+        self._backlog: list[dict[str, Any]] = []  # interrupted jobs, resumed first
+        self._running: set[subprocess.Popen[str]] = set()
+        self._stopping = threading.Event()
         self.completed: list[dict[str, Any]] = []
-        self.on_line = lambda job, line: print(f"[{job}] {line}", flush=True)
+        # Every line the job prints (besides the console's progress); a test may watch them.
+        self.on_line: Callable[[str, str], None] | None = None
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.stack.cfg.workdir / "jobs"
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        """The requests of journaled jobs whose outcome was never delivered."""
+        found = []
+        for request_file in sorted(self.jobs_dir.glob("*/request.json")):
+            if not (request_file.parent / "DONE").exists():
+                try:
+                    found.append(json.loads(request_file.read_text()))
+                except ValueError:
+                    log.warning("unreadable job journal %s", request_file)
+        return found
+
+    def resume_unfinished(self) -> list[str]:
+        """Queue the interrupted jobs ahead of new requests; returns their names."""
+        with self._lock:
+            self._backlog = self.unfinished()
+            return [r["TrainingJobName"] for r in self._backlog]
+
+    def interrupt(self) -> None:
+        """Stop the running jobs (they resume at the next start), and take no new ones."""
+        self._stopping.set()
+        with self._lock:
+            running = list(self._running)
+        for proc in running:
+            proc.terminate()
+        for proc in running:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def _next_resumed(self) -> dict[str, Any] | None:
+        with self._lock:
+            return self._backlog.pop(0) if self._backlog else None
+
+    def _done(self, name: str) -> bool:
+        with self._lock:
+            seen = name in self._seen
+            self._seen.add(name)
+        return seen or (self.jobs_dir / name / "DONE").exists()
 
     def serve(self, stop: threading.Event) -> None:
         sqs = self.stack.client("sqs")
         url = self.stack.urls["LocalTrainingQueue"]
         while not stop.is_set():
+            resumed = self._next_resumed()
+            if resumed is not None:
+                self._run_logged(resumed, resume=True)
+                continue
             try:
                 resp = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=1)
             except Exception:
@@ -53,45 +120,97 @@ class TrainingRunner:
                 time.sleep(1)
                 continue
             for message in resp.get("Messages", []):
+                receipt = message["ReceiptHandle"]
                 try:
                     request = json.loads(message["Body"])
-                    name = request["TrainingJobName"]
-                    with self._lock:
-                        duplicate = name in self._seen
-                        self._seen.add(name)
-                    if duplicate:
-                        log.info("job %s already ran; duplicate request dropped", name)
+                    if self._done(request["TrainingJobName"]):
+                        log.info("job %s already ran; duplicate request dropped", request)
                     else:
-                        self.run(request)
+                        # Journaled before the message goes: from here the job is the
+                        # journal's, to finish or to resume.
+                        self._journal(request)
+                        sqs.delete_message(QueueUrl=url, ReceiptHandle=receipt)
+                        self._run_logged(request)
+                        continue
                 except Exception:
-                    log.exception("training run crashed")
-                finally:
-                    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                    log.exception("training request unusable: %s", message.get("Body", "")[:200])
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=receipt)
+
+    def _run_logged(self, request: dict[str, Any], *, resume: bool = False) -> None:
+        try:
+            self.run(request, resume=resume)
+        except Interrupted:
+            log.info("job %s interrupted; it resumes when the stack starts again", request)
+        except Exception:
+            log.exception("training run crashed")
+
+    def _journal(self, request: dict[str, Any]) -> Path:
+        base = self.jobs_dir / request["TrainingJobName"]
+        base.mkdir(parents=True, exist_ok=True)
+        write_atomic(base / "request.json", json.dumps(request).encode())
+        return base
 
     # --- one job ------------------------------------------------------------------------
 
-    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+    def run(self, request: dict[str, Any], *, resume: bool = False) -> dict[str, Any]:
+        """Run one job and deliver its outcome; `resume` keeps its checkpoints from before."""
         name = request["TrainingJobName"]
-        base = self.stack.cfg.workdir / "jobs" / name
-        shutil.rmtree(base, ignore_errors=True)
+        base = self.jobs_dir / name
+        if not resume:
+            shutil.rmtree(base, ignore_errors=True)
+        self._journal(request)
         opt_ml = base / "opt-ml"
         started = datetime.now(UTC)
         status, reason, artifact = "Failed", "", None
+        self.console.job_started(request)
         try:
             self._lay_out(request, opt_ml)
             code, reason = self._execute(request, opt_ml)
             if code == 0:
                 artifact = self._pack_and_upload(request, opt_ml)
                 status, reason = "Completed", ""
+                self.console.optimizing(request)
+        except Interrupted:
+            raise
         except Exception as e:  # the platform itself failed: still a recorded outcome
             log.exception("runner failed for %s", name)
             reason = f"InternalServerError: {e}"
-        event = state_change_event(
-            request, status, reason, artifact, started, self.stack.cfg.region
+        event = training_state_change(
+            request,
+            status,
+            reason=reason,
+            artifact=artifact,
+            started=started,
+            region=self.stack.cfg.region,
         )
         result = self.optimize.invoke(event)
+        write_atomic(base / "DONE", json.dumps({"status": status, "reason": reason}).encode())
+        self._report(result)
         self.completed.append({"job": name, "status": status, "result": result})
         return {"status": status, "reason": reason, "artifact": artifact, "result": result}
+
+    def _report(self, result: Any) -> None:
+        if self.console.quiet or not isinstance(result, dict):
+            return
+        manifest = None
+        if result.get("action") == "ready":
+            from maas.core.artifacts import MANIFEST_FILE, model_prefix
+
+            key = model_prefix(result["model"], result["version"]) + MANIFEST_FILE
+            body = self.stack.client("s3").get_object(
+                Bucket=self.stack.outputs["ArtifactBucketName"], Key=key
+            )["Body"]
+            manifest = json.loads(body.read())
+        self.console.optimized(result, manifest)
+        if result.get("promoted"):
+            self.console.serving(self.stack.api_url, result["model"])
+
+    def fail(self, name: str, reason: str) -> Any:
+        """Deliver a Failed outcome for a job that can neither run nor resume."""
+        event = training_state_change(
+            {"TrainingJobName": name}, "Failed", reason=reason, region=self.stack.cfg.region
+        )
+        return self.optimize.invoke(event)
 
     def _lay_out(self, request: dict[str, Any], opt_ml: Path) -> None:
         s3 = self.stack.client("s3")
@@ -153,6 +272,8 @@ class TrainingRunner:
             env[f"SM_CHANNEL_{c.upper()}"] = str(opt_ml / "input" / "data" / c)
         timeout = int(request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 3600))
         entry = self.stack.cfg.training_entry
+        if self._stopping.is_set():
+            raise Interrupted(name)
         proc = subprocess.Popen(
             [sys.executable, str(entry)],
             cwd=entry.parent,
@@ -161,16 +282,26 @@ class TrainingRunner:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        with self._lock:
+            self._running.add(proc)
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                self.on_line(name, line.rstrip())
+            with (opt_ml.parent / "output.log").open("a", encoding="utf-8") as log_file:
+                for line in proc.stdout:
+                    log_file.write(line)
+                    self.console.training_line(request, line.rstrip())
+                    if self.on_line is not None:
+                        self.on_line(name, line.rstrip())
             code = proc.wait()
         finally:
             timed_out = not timer.is_alive()
             timer.cancel()
+            with self._lock:
+                self._running.discard(proc)
+        if self._stopping.is_set():
+            raise Interrupted(name)
         failure = opt_ml / "output" / "failure"
         if timed_out and code != 0:
             return code, f"MaxRuntimeExceeded: the job ran past {timeout} s"
@@ -190,53 +321,3 @@ class TrainingRunner:
         bucket, _, key = uri[5:].partition("/")
         self.stack.client("s3").upload_file(str(tarball), bucket, key)
         return uri
-
-
-def state_change_event(
-    request: dict[str, Any],
-    status: str,
-    reason: str,
-    artifact: str | None,
-    started: datetime,
-    region: str,
-) -> dict[str, Any]:
-    """The EventBridge event SageMaker emits when a training job ends."""
-    from .stack import ACCOUNT
-
-    name = request["TrainingJobName"]
-    arn = f"arn:aws:sagemaker:{region}:{ACCOUNT}:training-job/{name}"
-    now = datetime.now(UTC)
-    detail: dict[str, Any] = {
-        "TrainingJobName": name,
-        "TrainingJobArn": arn,
-        "TrainingJobStatus": status,
-        "SecondaryStatus": status,
-        "HyperParameters": request.get("HyperParameters", {}),
-        "AlgorithmSpecification": request.get("AlgorithmSpecification", {}),
-        "RoleArn": request.get("RoleArn", ""),
-        "InputDataConfig": request.get("InputDataConfig", []),
-        "OutputDataConfig": request.get("OutputDataConfig", {}),
-        "ResourceConfig": request.get("ResourceConfig", {}),
-        "StoppingCondition": request.get("StoppingCondition", {}),
-        "CreationTime": int(started.timestamp() * 1000),
-        "TrainingStartTime": int(started.timestamp() * 1000),
-        "TrainingEndTime": int(now.timestamp() * 1000),
-        "LastModifiedTime": int(now.timestamp() * 1000),
-        "EnableManagedSpotTraining": request.get("EnableManagedSpotTraining", False),
-        "Tags": {t["Key"]: t["Value"] for t in request.get("Tags", [])},
-    }
-    if artifact:
-        detail["ModelArtifacts"] = {"S3ModelArtifacts": artifact}
-    if reason:
-        detail["FailureReason"] = reason
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "SageMaker Training Job State Change",
-        "source": "aws.sagemaker",
-        "account": ACCOUNT,
-        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "region": region,
-        "resources": [arn],
-        "detail": detail,
-    }

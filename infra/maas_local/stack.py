@@ -11,10 +11,11 @@ HTTP server      -> InferenceFunction with API Gateway HTTP API payload-2.0 even
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import re
+import shutil
 import socket
 import threading
 import time
@@ -25,33 +26,81 @@ from typing import Any
 
 import boto3
 from maas.core.config import FUNCTION_SETTINGS
+from maas_cli.connect import port_open
+from maas_devkit.account import (
+    LOCAL_TRAINING_QUEUE_ID,
+    Resources,
+    configure_notifications,
+    create_resources,
+)
+from maas_devkit.cfn import load_template
+from maas_devkit.events import sqs_record_of
+from maas_devkit.repo import ACCOUNT, FUNCTIONS_DIR, TEMPLATE, TRAINING_ENTRY
 
-from .lambda_runtime import FunctionPool
-from .template import load_template, resources_of_type
+from maas_local.console import Console
+from maas_local.lambda_runtime import FunctionPool
+from maas_local.lock import WorkdirLock
+from maas_local.state import Snapshot, StateStore
 
 log = logging.getLogger("maas.local")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ACCOUNT = "123456789012"
-LOCAL_NAMES = {
-    "DataBucket": "data",
-    "ArtifactBucket": "artifacts",
-    "IngestQueue": "ingest",
-    "IngestDLQ": "ingest-dlq",
-    "RegistryTable": "registry",
-}
-LOCAL_TRAINING_QUEUE = "local-training"
 MAX_LOCAL_VISIBILITY_S = 10  # retry failed ingest messages quickly on a laptop
+SAVE_DELAY_S = 0.2  # changes arriving together are saved together
+STOPPED = "local stack stopped"
+READ_ACTIONS = ("Get", "List", "Describe", "Query", "Scan", "BatchGet", "TransactGet")
 
 
-def _kebab(name: str) -> str:
-    name = re.sub(r"(Bucket|Table|Queue)$", "", name) or name
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+class PortInUse(RuntimeError):
+    pass
 
 
-def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        return s.connect_ex((host, port)) == 0
+def changes_state(environ: dict[str, Any]) -> bool:
+    """Whether a request to moto may change what the stack saves (objects and items).
+
+    Queues are saved when the stack stops, not on every message, so SQS never counts.
+    """
+    if environ.get("REQUEST_METHOD") in ("GET", "HEAD", "OPTIONS"):
+        return False
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target.startswith("DynamoDB"):
+        return not target.rsplit(".", 1)[-1].startswith(READ_ACTIONS)
+    if target or environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+        return False  # SQS, CloudFormation, STS: JSON or query protocols
+    return not environ.get("PATH_INFO", "").startswith("/moto-api")  # S3: PUT, POST, DELETE
+
+
+def _moto_server_class() -> Any:
+    from moto.server import ThreadedMotoServer
+    from werkzeug.serving import make_server
+
+    class MotoServer(ThreadedMotoServer):
+        """moto's threaded server, telling the stack when a request changed its state."""
+
+        def __init__(self, changed: threading.Event, host: str, port: int) -> None:
+            super().__init__(ip_address=host, port=port, verbose=False)
+            self._changed = changed
+
+        def _server_entry(self) -> None:
+            from moto.moto_server.werkzeug_app import (
+                DomainDispatcherApplication,
+                MotoRequestHandler,
+                create_backend_app,
+            )
+
+            moto_app = DomainDispatcherApplication(create_backend_app)
+            changed = self._changed
+
+            def app(environ: dict[str, Any], start_response: Any) -> Any:
+                if changes_state(environ):
+                    changed.set()
+                return moto_app(environ, start_response)
+
+            self._server = make_server(
+                self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return MotoServer
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -68,9 +117,9 @@ class LocalStackConfig:
     stack_name: str = "maas"
     region: str = "us-east-1"
     workdir: Path = field(default_factory=lambda: Path(".maas/local"))
-    template: Path = REPO_ROOT / "template.yaml"
-    functions_dir: Path = REPO_ROOT / "functions"
-    training_entry: Path = REPO_ROOT / "training" / "train.py"
+    template: Path = TEMPLATE
+    functions_dir: Path = FUNCTIONS_DIR
+    training_entry: Path = TRAINING_ENTRY
     inference_containers: int = 4
     training_workers: int = 1
     quiet_functions: bool = True
@@ -80,22 +129,27 @@ class LocalStackConfig:
     inference_auth: str = "NONE"  # InferenceAuth: NONE or AWS_IAM (SigV4 on /v2 too)
     # Access key -> secret the AWS_IAM routes accept: the stack's own, as moto's clients use.
     credentials: dict[str, str] = field(default_factory=lambda: {"testing": "testing"})
+    reset: bool = False  # start empty: forget the state, journals and caches of the work dir
+    console: bool = False  # print the pipeline's steps (maas local up, maas demo)
 
 
 class LocalStack:
     def __init__(self, config: LocalStackConfig | None = None) -> None:
         self.cfg = config or LocalStackConfig()
         self.cfg.workdir = self.cfg.workdir.resolve()
-        self.names: dict[str, str] = {}
-        self.arns: dict[str, str] = {}
+        self.resources = Resources(self.cfg.region)
         self.outputs: dict[str, str] = {}
-        self.urls: dict[str, str] = {}
         self._saved_env: dict[str, str | None] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._moto: Any = None
         self._http: Any = None
         self.runner: Any = None
+        self.state = StateStore(self.cfg.workdir / "state")
+        self._lock = WorkdirLock(self.cfg.workdir)
+        self._changed = threading.Event()
+        self.restored: Snapshot | None = None
+        self.console = Console(quiet=not self.cfg.console)
 
     @property
     def aws_url(self) -> str:
@@ -118,19 +172,31 @@ class LocalStack:
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> LocalStack:
-        from moto.server import ThreadedMotoServer
 
         if self.cfg.inference_auth not in ("NONE", "AWS_IAM"):
             # JWT needs an identity provider: not something the local stack plays.
             raise ValueError(f"inference_auth: NONE or AWS_IAM, not {self.cfg.inference_auth!r}")
-        for port in (self.cfg.aws_port, self.cfg.api_port):
+        self._lock.acquire(aws_port=self.cfg.aws_port, api_port=self.cfg.api_port)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        for port, flag in ((self.cfg.aws_port, "--aws-port"), (self.cfg.api_port, "--api-port")):
             if port_open(self.cfg.host, port):
-                raise RuntimeError(f"port {port} on {self.cfg.host} is already in use")
-        self.cfg.workdir.mkdir(parents=True, exist_ok=True)
+                raise PortInUse(
+                    f"port {port} on {self.cfg.host} is in use: another `maas local up`? "
+                    f"try {flag} {free_port(self.cfg.host)}"
+                )
+        if self.cfg.reset:
+            self.state.reset()
+            for sub in ("jobs", "model-cache"):
+                shutil.rmtree(self.cfg.workdir / sub, ignore_errors=True)
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
-        self._moto = ThreadedMotoServer(
-            ip_address=self.cfg.host, port=self.cfg.aws_port, verbose=False
-        )
+        self._moto = _moto_server_class()(self._changed, self.cfg.host, self.cfg.aws_port)
         self._moto.start()
         self._create_resources()
         self._configure_function_env()
@@ -152,7 +218,9 @@ class LocalStack:
             timeout_s=30,
             exclusive=threading.Lock(),
         )
-        self.runner = TrainingRunner(self, optimize)
+        self.runner = TrainingRunner(self, optimize, self.console)
+        self._recover()
+        self._spawn("state-saver", self._save_changes)
         self._spawn("ingest-poller", self._poll_ingest, ingest)
         for i in range(self.cfg.training_workers):
             self._spawn(f"training-runner-{i}", self.runner.serve, self._stop)
@@ -164,14 +232,23 @@ class LocalStack:
         )
         self._http = ApiServer(self.cfg.host, self.cfg.api_port, inference, admin, iam)
         self._spawn("http-api", self._http.serve_forever)
-        return self
 
     def stop(self) -> None:
+        """Stop taking work, save everything (the queues' messages too), then shut down."""
         self._stop.set()
         if self._http is not None:
             self._http.shutdown()
+            self._http = None
+        if self.runner is not None:
+            self.runner.interrupt()
         for t in self._threads:
             t.join(timeout=10)
+        self._threads = []
+        if self._moto is not None and self.resources.names:
+            try:
+                self.state.save(self.client, self.resources, queues=True)
+            except Exception:
+                log.exception("saving the stack's state failed; the last snapshot stands")
         if self._moto is not None:
             # moto keeps its backends per process, not per server: without a reset, a next
             # stack in this process would find this one's buckets, queues and table.
@@ -182,12 +259,14 @@ class LocalStack:
             except Exception:  # a stack that half-started: nothing to reset
                 log.debug("moto reset failed", exc_info=True)
             self._moto.stop()
+            self._moto = None
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
         self._saved_env = {}
+        self._lock.release()
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -202,98 +281,33 @@ class LocalStack:
 
     # --- resources from template.yaml --------------------------------------------------
 
-    def _local_name(self, logical_id: str) -> str:
-        return f"{self.cfg.stack_name}-{LOCAL_NAMES.get(logical_id) or _kebab(logical_id)}"
+    @property
+    def names(self) -> dict[str, str]:
+        return self.resources.names
+
+    @property
+    def arns(self) -> dict[str, str]:
+        return self.resources.arns
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return self.resources.urls
 
     def _create_resources(self) -> None:
         template = load_template(self.cfg.template)
-        s3, sqs, ddb = self.client("s3"), self.client("sqs"), self.client("dynamodb")
-        queues = resources_of_type(template, "AWS::SQS::Queue")
-        # Dead-letter queues first: the others point at them.
-        ordered = sorted(
-            queues.items(), key=lambda kv: "RedrivePolicy" in kv[1].get("Properties", {})
+        self.resources = create_resources(
+            self.client,
+            template,
+            stack_name=self.cfg.stack_name,
+            region=self.cfg.region,
+            max_visibility_s=MAX_LOCAL_VISIBILITY_S,
+            notifications=False,
         )
-        for logical, res in ordered:
-            props = res.get("Properties", {})
-            name = self._local_name(logical)
-            attrs: dict[str, str] = {}
-            if "VisibilityTimeout" in props:
-                attrs["VisibilityTimeout"] = str(
-                    min(int(props["VisibilityTimeout"]), MAX_LOCAL_VISIBILITY_S)
-                )
-            if "MessageRetentionPeriod" in props:
-                attrs["MessageRetentionPeriod"] = str(props["MessageRetentionPeriod"])
-            redrive = props.get("RedrivePolicy")
-            if redrive:
-                attrs["RedrivePolicy"] = json.dumps(
-                    {
-                        "deadLetterTargetArn": self._resolve(redrive["deadLetterTargetArn"]),
-                        "maxReceiveCount": int(redrive.get("maxReceiveCount", 5)),
-                    }
-                )
-            url = sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
-            self._record(logical, name, f"arn:aws:sqs:{self.cfg.region}:{ACCOUNT}:{name}", url)
-        training_queue = f"{self.cfg.stack_name}-{LOCAL_TRAINING_QUEUE}"
-        url = sqs.create_queue(QueueName=training_queue, Attributes={"VisibilityTimeout": "43200"})[
-            "QueueUrl"
-        ]
-        self._record(
-            "LocalTrainingQueue",
-            training_queue,
-            f"arn:aws:sqs:{self.cfg.region}:{ACCOUNT}:{training_queue}",
-            url,
-        )
-
-        for logical, res in resources_of_type(template, "AWS::DynamoDB::Table").items():
-            props = res.get("Properties", {})
-            name = self._local_name(logical)
-            kwargs: dict[str, Any] = {
-                "TableName": name,
-                "KeySchema": props["KeySchema"],
-                "AttributeDefinitions": props["AttributeDefinitions"],
-                "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
-            }
-            if props.get("GlobalSecondaryIndexes"):
-                kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
-            ddb.create_table(**kwargs)
-            self._record(
-                logical, name, f"arn:aws:dynamodb:{self.cfg.region}:{ACCOUNT}:table/{name}"
-            )
-
-        buckets = resources_of_type(template, "AWS::S3::Bucket")
-        for logical, res in buckets.items():
-            props = res.get("Properties", {})
-            name = self._local_name(logical)
-            s3.create_bucket(Bucket=name)
-            if (props.get("VersioningConfiguration") or {}).get("Status") == "Enabled":
-                s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-            if props.get("BucketEncryption"):
-                s3.put_bucket_encryption(
-                    Bucket=name,
-                    ServerSideEncryptionConfiguration={
-                        "Rules": [
-                            {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
-                        ]
-                    },
-                )
-            self._record(logical, name, f"arn:aws:s3:::{name}")
-        for logical, res in buckets.items():
-            notif = res.get("Properties", {}).get("NotificationConfiguration") or {}
-            configs = []
-            for qc in notif.get("QueueConfigurations", []):
-                entry: dict[str, Any] = {
-                    "QueueArn": self._resolve(qc["Queue"]),
-                    "Events": [qc["Event"]],
-                }
-                rules = ((qc.get("Filter") or {}).get("S3Key") or {}).get("Rules")
-                if rules:
-                    entry["Filter"] = {"Key": {"FilterRules": rules}}
-                configs.append(entry)
-            if configs:
-                s3.put_bucket_notification_configuration(
-                    Bucket=self.names[logical],
-                    NotificationConfiguration={"QueueConfigurations": configs},
-                )
+        self.restored = self.state.latest()
+        if self.restored is not None:
+            self.state.restore(self.client, self.resources, self.restored)
+            log.info("restored the state saved at %s", self.restored.saved_at)
+        configure_notifications(self.client("s3"), template, self.resources)
         self.outputs = {
             "StackName": self.cfg.stack_name,
             "ApiUrl": self.api_url + "/",
@@ -302,7 +316,7 @@ class LocalStack:
             "RegistryTableName": self.names.get("RegistryTable", ""),
             "IngestQueueUrl": self.urls.get("IngestQueue", ""),
             "IngestDLQUrl": self.urls.get("IngestDLQ", ""),
-            "LocalTrainingQueueUrl": self.urls["LocalTrainingQueue"],
+            "LocalTrainingQueueUrl": self.urls[LOCAL_TRAINING_QUEUE_ID],
         }
         # Publish the outputs where the CLI looks for a deployed stack's: CloudFormation.
         with warnings.catch_warnings():
@@ -318,27 +332,6 @@ class LocalStack:
                     }
                 ),
             )
-
-    def _record(self, logical: str, name: str, arn: str, url: str | None = None) -> None:
-        self.names[logical] = name
-        self.arns[logical] = arn
-        if url:
-            self.urls[logical] = url
-
-    def _resolve(self, value: Any) -> Any:
-        if isinstance(value, dict):
-            if "Fn::GetAtt" in value:
-                logical, attr = value["Fn::GetAtt"]
-                if attr == "Arn":
-                    return self.arns[logical]
-                if attr in ("QueueName", "TableName", "BucketName"):
-                    return self.names[logical]
-                if attr == "QueueUrl":
-                    return self.urls[logical]
-            if "Ref" in value:
-                ref = value["Ref"]
-                return self.urls.get(ref) or self.names.get(ref, ref)
-        return value
 
     def _configure_function_env(self) -> None:
         """What template.yaml's Environment gives the functions, pointed at this stack."""
@@ -386,6 +379,55 @@ class LocalStack:
         self._saved_env = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
 
+    # --- state: saved as it changes, recovered at start --------------------------------
+
+    def _save_changes(self) -> None:
+        """Snapshot the buckets and the table after each change (queues: at stop)."""
+        while not self._stop.is_set():
+            if not self._changed.wait(timeout=0.5):
+                continue
+            time.sleep(SAVE_DELAY_S)
+            self._changed.clear()
+            try:
+                self.state.save(self.client, self.resources)
+            except Exception:
+                if self._stop.is_set():
+                    return
+                log.exception("saving the stack's state failed; retrying at the next change")
+                self._changed.set()
+
+    def _recover(self) -> None:
+        """Interrupted jobs resume; versions no job will ever finish are failed, saying why."""
+        from maas.core.registry import FAILED, OPTIMIZING, TRAINING, Conflict, Registry
+
+        resumed = set(self.runner.resume_unfinished())
+        queued = set()
+        for message in (self.restored.queues if self.restored else {}).get(
+            LOCAL_TRAINING_QUEUE_ID, []
+        ):
+            try:
+                queued.add(json.loads(message["body"])["TrainingJobName"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        registry = Registry(self.outputs["RegistryTableName"], client=self.client("dynamodb"))
+        for model in registry.list_models():
+            for record in registry.list_versions(model):
+                job = record.job_name
+                if record.status == TRAINING and job not in resumed | queued and job:
+                    self.runner.fail(job, STOPPED)
+                elif record.status == OPTIMIZING and job not in resumed:
+                    with contextlib.suppress(Conflict):
+                        registry.transition(
+                            model,
+                            record.version,
+                            expected=(OPTIMIZING,),
+                            status=FAILED,
+                            actor="local-stack",
+                            reason=f"{STOPPED} while optimizing; upload again",
+                        )
+        if resumed:
+            log.info("resuming %s", ", ".join(sorted(resumed)))
+
     # --- Lambda's SQS event source mapping -----------------------------------------------
 
     def _poll_ingest(self, ingest: FunctionPool) -> None:
@@ -410,7 +452,9 @@ class LocalStack:
             messages = resp.get("Messages", [])
             if not messages:
                 continue
-            event = {"Records": [sqs_record(m, arn, self.cfg.region) for m in messages]}
+            for bucket, key in _uploads(messages):
+                self.console.upload_seen(bucket, key)
+            event = {"Records": [sqs_record_of(m, arn, self.cfg.region) for m in messages]}
             try:
                 result = ingest.invoke(event) or {}
                 failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
@@ -427,24 +471,19 @@ class LocalStack:
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
 
 
-def sqs_record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
-    """An SQS message as Lambda's event source mapping delivers it."""
-    attrs = message.get("Attributes", {})
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": {
-            "ApproximateReceiveCount": attrs.get("ApproximateReceiveCount", "1"),
-            "SentTimestamp": attrs.get("SentTimestamp", str(int(time.time() * 1000))),
-            "SenderId": attrs.get("SenderId", ACCOUNT),
-            "ApproximateFirstReceiveTimestamp": attrs.get(
-                "ApproximateFirstReceiveTimestamp", str(int(time.time() * 1000))
-            ),
-        },
-        "messageAttributes": message.get("MessageAttributes", {}),
-        "md5OfBody": message.get("MD5OfBody", ""),
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": region,
-    }
+def _uploads(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(bucket, key) of the object-created notifications among SQS messages."""
+    from urllib.parse import unquote_plus
+
+    found = []
+    for m in messages:
+        try:
+            records = json.loads(m["Body"]).get("Records") or []
+            for r in records:
+                if str(r.get("eventName", "")).startswith("ObjectCreated"):
+                    found.append(
+                        (r["s3"]["bucket"]["name"], unquote_plus(r["s3"]["object"]["key"]))
+                    )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return found

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import infer_body
-from support import publish, running_stack
+from maas_devkit.models import infer_body
+from maas_devkit.publish import publish_to_stack as publish
+from maas_devkit.stacks import running_stack
 
 pytestmark = [
     pytest.mark.e2e,
@@ -79,7 +80,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, iris_model: Any, iris_model_
 def test_promote_canary_rollback_via_cli_under_load_fails_no_request(
     stack: Any, iris_model: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: Any
 ) -> None:
-    from maas_local.cli import main
+    from maas_cli.main import main
 
     # GIVEN the CLI pointed at the stack, and a client sending continuously to the plain route
     monkeypatch.setenv("AWS_ENDPOINT_URL", stack.aws_url)
@@ -135,7 +136,7 @@ def test_promote_canary_rollback_via_cli_under_load_fails_no_request(
 
 
 def test_admin_api_refuses_unsigned_and_wrongly_signed_requests(stack: Any) -> None:
-    from maas_local.sigv4 import sign
+    from maas_cli.sigv4 import sign
 
     url = f"{stack.api_url}/admin/models"
     # Unsigned: refused as API Gateway's AWS_IAM would

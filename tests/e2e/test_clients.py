@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from helpers import REPO, train_tiny_classifier
-from support import publish, running_stack
+from maas_devkit.models import train_tiny_classifier
+from maas_devkit.publish import publish_to_stack as publish
+from maas_devkit.repo import REPO
+from maas_devkit.stacks import running_stack
 
 pytestmark = [
     pytest.mark.e2e,

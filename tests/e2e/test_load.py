@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from helpers import infer_body
-from support import publish, running_stack
+from maas_devkit.models import infer_body
+from maas_devkit.publish import publish_to_stack as publish
+from maas_devkit.stacks import running_stack
 
 pytestmark = pytest.mark.e2e
 

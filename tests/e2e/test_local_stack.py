@@ -11,7 +11,9 @@ import boto3
 import numpy as np
 import pytest
 import requests
-from maas_local.stack import LocalStack, LocalStackConfig, free_port
+from maas_devkit.stacks import running_stack
+from maas_devkit.wait import wait_until_final
+from maas_local.stack import LocalStack
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -23,11 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
-    cfg = LocalStackConfig(
-        aws_port=free_port(), api_port=free_port(), workdir=tmp_path_factory.mktemp("stack")
-    )
-    with LocalStack(cfg) as s:
-        s.runner.on_line = lambda job, line: None
+    with running_stack(tmp_path_factory.mktemp("stack")) as s:
         yield s
 
 
@@ -48,33 +46,6 @@ def _write_csv(path: Path, header: list[str], x: np.ndarray, y) -> None:
         w.writerow(header)
         for row, label in zip(x, y, strict=True):
             w.writerow([*row.tolist(), label])
-
-
-def _wait_final(stack: LocalStack, model: str, timeout: float = 300) -> dict:
-    ddb = boto3.resource(
-        "dynamodb",
-        endpoint_url=stack.aws_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    table = ddb.Table(stack.outputs["RegistryTableName"])
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        items = table.query(
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :v)",
-            ExpressionAttributeValues={":pk": f"MODEL#{model}", ":v": "V#"},
-        )["Items"]
-        latest = items[-1] if items else None
-        if latest and latest["status"] in ("REJECTED", "FAILED"):
-            return latest
-        if latest and latest["status"] == "READY":
-            # Auto-promotion follows READY by a moment: wait until prod points here.
-            alias = table.get_item(Key={"pk": f"MODEL#{model}", "sk": "ALIAS#prod"}).get("Item")
-            if alias and int(alias["version"]) == int(latest["version"]):
-                return latest
-        time.sleep(0.5)
-    raise AssertionError(f"{model}: no final status in {timeout} s")
 
 
 def _infer(stack: LocalStack, model: str, x: np.ndarray, batch: int = 64) -> list[str]:
@@ -108,10 +79,10 @@ def test_lone_csv_upload_is_trained_quantized_promoted_and_served(stack: LocalSt
     _write_csv(data, [f"p{i}" for i in range(64)] + ["label"], x_tr.astype(int), y_tr)
     # WHEN the file is dropped into the data bucket with plain boto3
     _s3(stack).upload_file(str(data), stack.outputs["DataBucketName"], "datasets/digits/digits.csv")
-    record = _wait_final(stack, "digits")
+    record = wait_until_final(stack, "digits", timeout=300)
     # THEN it is READY, promoted, and serves the held-out rows accurately over HTTP
     assert record["status"] == "READY", record.get("reason")
-    summary = json.loads(record["summary"])
+    summary = record["summary"]
     assert summary["recipe"]
     predicted = _infer(stack, "digits", x_te)
     accuracy = np.mean(np.array(predicted) == y_te.astype(str))
@@ -143,7 +114,7 @@ def test_run_folder_with_named_label_matches_logistic_regression(stack: LocalSta
         Key="datasets/cancer/run-1/job.json",
         Body=json.dumps({"label": "diagnosis"}).encode(),
     )
-    record = _wait_final(stack, "cancer")
+    record = wait_until_final(stack, "cancer", timeout=300)
     # THEN it serves within 2 points of the logistic-regression baseline on the same split
     assert record["status"] == "READY", record.get("reason")
     accuracy = np.mean(np.array(_infer(stack, "cancer", x_te)) == y_te)
@@ -153,7 +124,7 @@ def test_run_folder_with_named_label_matches_logistic_regression(stack: LocalSta
 def test_cli_upload_wait_versions_promote_rollback(
     stack: LocalStack, tmp_path, monkeypatch, capsys
 ):
-    from maas_local.cli import main
+    from maas_cli.main import main
     from sklearn.datasets import load_wine
 
     # GIVEN the CLI pointed at the running stack by AWS_ENDPOINT_URL alone

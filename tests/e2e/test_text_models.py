@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
 import requests
-from maas_local.stack import LocalStack, LocalStackConfig, free_port
+from maas_devkit.stacks import running_stack
+from maas_devkit.wait import wait_until_final
+from maas_local.stack import LocalStack
 from pretrained import minilm_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -29,11 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
-    cfg = LocalStackConfig(
-        aws_port=free_port(), api_port=free_port(), workdir=tmp_path_factory.mktemp("stack")
-    )
-    with LocalStack(cfg) as s:
-        s.runner.on_line = lambda job, line: None
+    with running_stack(tmp_path_factory.mktemp("stack")) as s:
         yield s
 
 
@@ -45,26 +42,6 @@ def _client(stack: LocalStack, service: str):
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
-
-
-def _wait_final(stack: LocalStack, model: str, timeout: float = 1200) -> dict:
-    table = boto3.resource(
-        "dynamodb",
-        endpoint_url=stack.aws_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).Table(stack.outputs["RegistryTableName"])
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        items = table.query(
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :v)",
-            ExpressionAttributeValues={":pk": f"MODEL#{model}", ":v": "V#"},
-        )["Items"]
-        if items and items[-1]["status"] in ("READY", "REJECTED", "FAILED"):
-            return items[-1]
-        time.sleep(1)
-    raise AssertionError(f"{model}: no final status in {timeout} s")
 
 
 def _manifest(stack: LocalStack, model: str, version: int) -> dict:
@@ -197,7 +174,7 @@ def test_minilm_imported_from_pretrained_is_served_as_bytes_to_embedding(stack: 
         s3.upload_file(str(path), bucket, key)
     s3.put_object(Bucket=bucket, Key="pretrained/minilm/run-1/job.json", Body=b"{}")
     # WHEN the import job and the optimizer have run
-    record = _wait_final(stack, "minilm")
+    record = wait_until_final(stack, "minilm", timeout=1200)
     # THEN it is READY, int8, at most 0.3x the fp32 ONNX size
     assert record["status"] == "READY", record.get("reason")
     manifest = _manifest(stack, "minilm", int(record["version"]))
@@ -268,7 +245,7 @@ def test_text_csv_ngram_recipe_is_within_two_points_of_tfidf_logistic_regression
     s3.upload_file(str(data), bucket, "datasets/docs/run-1/sentences.csv")
     job = {"task": "text-classification", "text": "sentence", "label": "topic"}
     s3.put_object(Bucket=bucket, Key="datasets/docs/run-1/job.json", Body=json.dumps(job))
-    record = _wait_final(stack, "docs")
+    record = wait_until_final(stack, "docs", timeout=1200)
     # THEN served over HTTP (BYTES text in) it is within 2 points of the baseline
     assert record["status"] == "READY", record.get("reason")
     predicted: list[str] = []
@@ -288,7 +265,7 @@ def test_text_csv_ngram_recipe_is_within_two_points_of_tfidf_logistic_regression
         Bucket=stack.outputs["ArtifactBucketName"], Key="models/docs/1/training.png"
     )["Body"].read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    from maas_local.cli import main
+    from maas_cli.main import main
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", stack.aws_url)
     capsys.readouterr()

@@ -6,8 +6,10 @@ import json
 from typing import Any
 
 import pytest
-from helpers import event_file, http_event, load_handler, publish_model
 from maas.admin import service as admin
+from maas_devkit.events import event_file, http_event
+from maas_devkit.lambda_runtime import load_handler
+from maas_devkit.publish import publish_model
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
 

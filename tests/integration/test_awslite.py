@@ -238,11 +238,12 @@ def test_registry_and_store_read_through_the_light_clients(
     iris_model: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from helpers import ARTIFACT_BUCKET, publish_model
     from maas.core.config import InferenceSettings
     from maas.core.registry import Registry
     from maas.core.storage import Storage
     from maas.serving.store import ModelStore
+    from maas_devkit.account import ARTIFACT_BUCKET
+    from maas_devkit.publish import publish_model
 
     ddb = _boto("dynamodb", moto_url)
     ddb.create_table(

@@ -15,9 +15,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import http_event, infer_body, load_handler, publish_model
 from maas.serving.http import ClientResponse
 from maas.serving.oip import MAX_BYTES_ELEMENT
+from maas_devkit.events import http_event
+from maas_devkit.lambda_runtime import load_handler
+from maas_devkit.models import infer_body
+from maas_devkit.publish import publish_model
 
 SECTION = "Bad input at the API"
 HEADER = "inference-header-content-length"

@@ -6,10 +6,10 @@ from typing import Any
 
 import boto3
 import pytest
-from helpers import publish_model
-from maas_local import cli
-from maas_local.admin_client import AdminError, DirectAdmin, HttpAdmin, admin_for
-from maas_local.connect import StackHandle
+from maas_cli import main as cli
+from maas_cli.admin_client import AdminError, DirectAdmin, HttpAdmin, admin_for
+from maas_cli.connect import StackHandle
+from maas_devkit.publish import publish_model
 
 
 @pytest.fixture

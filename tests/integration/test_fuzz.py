@@ -18,10 +18,12 @@ from urllib.parse import quote
 
 import pytest
 import schemathesis
-from helpers import REPO, FakeLambdaContext, load_handler, publish_model
 from hypothesis import HealthCheck, settings
 from maas.serving.http import ClientResponse
-from maas_local.http_api import http_api_event
+from maas_devkit.events import http_api_event
+from maas_devkit.lambda_runtime import LambdaContext, load_handler
+from maas_devkit.publish import publish_model
+from maas_devkit.repo import REPO
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
@@ -64,7 +66,7 @@ class HandlerApp:
     def __init__(self, inference: Any, admin: Any) -> None:
         self.inference = inference
         self.admin = admin
-        self.context = FakeLambdaContext("fuzz")
+        self.context = LambdaContext("fuzz")
         self.statuses: Counter[int] = Counter()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

@@ -18,9 +18,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from helpers import http_event, infer_body, load_handler, publish_model
 from maas.serving.http import ClientResponse
 from maas.serving.oip import InferenceResponse
+from maas_devkit.events import http_event
+from maas_devkit.lambda_runtime import load_handler
+from maas_devkit.models import infer_body
+from maas_devkit.publish import publish_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
@@ -402,7 +405,8 @@ def test_binary_request_event_from_events_folder_is_served(
     api: Api, registry: Any, storage: Any
 ) -> None:
     """events/http-post-infer-binary.json, as `sam local invoke -e` would replay it."""
-    from helpers import event_file, train_tiny_classifier
+    from maas_devkit.events import event_file
+    from maas_devkit.models import train_tiny_classifier
 
     clf, _ = train_tiny_classifier("digits")
     publish_model(registry, storage, "digits", 1, clf.onnx_bytes(), promote=True)

@@ -14,21 +14,15 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from cfn_template import load_template
-from helpers import (
-    ARTIFACT_BUCKET,
-    DATA_BUCKET,
-    REGION,
-    load_handler,
-    put_and_notify,
-    s3_notification,
-    sqs_event,
-)
 from maas.core.names import job_name
 from maas.core.registry import FAILED, TRAINING, Registry, pad_sequencer
 from maas.core.storage import Storage
 from maas.ingest.service import Ingest
-from maas_local.stack import sqs_record
+from maas_devkit.account import ARTIFACT_BUCKET, DATA_BUCKET
+from maas_devkit.cfn import load_template
+from maas_devkit.events import put_and_notify, s3_notification, sqs_event, sqs_record_of
+from maas_devkit.lambda_runtime import load_handler
+from maas_devkit.repo import REGION
 
 SECTION = "Ingest events"
 CSV = b"f1,f2,label\n1.0,2.0,a\n3.0,4.0,b\n"
@@ -347,10 +341,12 @@ def test_record_failing_every_retry_is_a_partial_batch_failure_then_reaches_the_
     aws: Any, ingest_app: Any, lambda_context: Any, reliability_report: Any
 ) -> None:
     # GIVEN an ingest queue that redrives to the DLQ after 3 receives, as template.yaml's
-    # does after 5, and a training backend that always throttles one model
+    # does after 5 (a queue of its own: the stack's also gets S3's notifications of the
+    # uploads below), and a training backend that always throttles one model
     dlq_arn = f"arn:aws:sqs:{REGION}:123456789012:maas-ingest-dlq"
+    queue_arn = f"arn:aws:sqs:{REGION}:123456789012:maas-ingest-retried"
     url = aws.sqs.create_queue(
-        QueueName="maas-ingest",
+        QueueName="maas-ingest-retried",
         Attributes={
             "VisibilityTimeout": "0",
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"}),
@@ -371,7 +367,7 @@ def test_record_failing_every_retry_is_a_partial_batch_failure_then_reaches_the_
         ).get("Messages", [])
         if not messages:
             break
-        event = {"Records": [sqs_record(m, dlq_arn.replace("-dlq", ""), REGION) for m in messages]}
+        event = {"Records": [sqs_record_of(m, queue_arn, REGION) for m in messages]}
         failed = {
             f["itemIdentifier"]
             for f in ingest_app.lambda_handler(event, lambda_context)["batchItemFailures"]

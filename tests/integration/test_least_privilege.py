@@ -17,18 +17,12 @@ from typing import Any
 
 import boto3
 import pytest
-from cfn_template import as_list, load_template, policy_statements
-from helpers import (
-    DATA_BUCKET,
-    FakeLambdaContext,
-    http_event,
-    infer_body,
-    load_handler,
-    publish_model,
-    put_and_notify,
-    s3_notification,
-    sqs_event,
-)
+from maas_devkit.account import DATA_BUCKET
+from maas_devkit.cfn import as_list, load_template, policy_statements
+from maas_devkit.events import http_event, put_and_notify, s3_notification, sqs_event
+from maas_devkit.lambda_runtime import LambdaContext, load_handler
+from maas_devkit.models import infer_body
+from maas_devkit.publish import publish_model
 from test_optimize import _event, _model_tarball, _start_run, _upload_artifact
 
 SECTION = "Security"
@@ -124,7 +118,7 @@ def run(recorder: Recorder, function: str, call: Callable[[], Any]) -> Any:
 def test_each_function_is_granted_what_it_calls_and_nothing_more(
     aws: Any, recorder: Recorder, iris_model: Any, reliability_report: Any
 ) -> None:
-    ctx = FakeLambdaContext()
+    ctx = LambdaContext()
     # --- ingest: a run, a rejection, a dead letter, a superseded event, an unversioned one
     ingest = load_handler("ingest")
     csv = b"f1,label\n1,a\n2,b\n"

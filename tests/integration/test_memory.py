@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import http_event, infer_body, load_handler, publish_model
+from maas_devkit.events import http_event
+from maas_devkit.lambda_runtime import load_handler
+from maas_devkit.models import infer_body
+from maas_devkit.publish import publish_model
 
 SECTION = "Load"
 REQUESTS = 10_000

@@ -8,10 +8,10 @@ import json
 import tarfile
 from typing import Any
 
-import helpers
 import numpy as np
 import pytest
 from maas.core.names import job_name
+from maas_devkit import events, lambda_runtime, models
 
 pytestmark = pytest.mark.usefixtures("aws")
 
@@ -65,7 +65,7 @@ def _start_run(aws, model: str, run: str, *, spec: dict[str, Any] | None = None)
 def _event(
     name: str, status: str = "Completed", artifact: str | None = None, reason: str | None = None
 ) -> dict[str, Any]:
-    base = helpers.event_file("eventbridge-training-completed.json")
+    base = events.event_file("eventbridge-training-completed.json")
     assert base is not None, "events/eventbridge-training-completed.json is missing"
     event = copy.deepcopy(base)
     detail = event["detail"]
@@ -88,7 +88,7 @@ def _upload_artifact(aws, name: str, data: bytes) -> str:
 
 
 def _optimize(event: dict[str, Any], lambda_context) -> dict[str, Any]:
-    return helpers.load_handler("optimize").lambda_handler(event, lambda_context)
+    return lambda_runtime.load_handler("optimize").lambda_handler(event, lambda_context)
 
 
 def test_completed_job_becomes_ready_promoted_version_with_manifest(
@@ -111,7 +111,7 @@ def test_completed_job_becomes_ready_promoted_version_with_manifest(
         ].read()
     )
     served = aws.s3.get_object(Bucket=aws.artifact_bucket, Key="models/iris/1/model.onnx")
-    assert helpers.sha256_hex(served["Body"].read()) == manifest["sha256"]
+    assert models.sha256_hex(served["Body"].read()) == manifest["sha256"]
     recipes = [c["recipe"] for c in manifest["quantization"]["candidates"]]
     assert "fp32" in recipes and "dynamic-int8-per-channel" in recipes
     assert "dynamic-int8-per-tensor" in recipes
@@ -129,8 +129,8 @@ def test_served_version_answers_inference_after_optimize(aws, iris_model, lambda
     )
     # WHEN a client asks the inference function
     rows = iris_model.features[:3]
-    event = helpers.http_event("POST", "/v2/models/iris/infer", body=helpers.infer_body(rows))
-    response = helpers.load_handler("inference").lambda_handler(event, lambda_context)
+    event = events.http_event("POST", "/v2/models/iris/infer", body=models.infer_body(rows))
+    response = lambda_runtime.load_handler("inference").lambda_handler(event, lambda_context)
     # THEN it answers with class names
     assert response["statusCode"] == 200, response["body"]
     outputs = {o["name"]: o for o in json.loads(response["body"])["outputs"]}

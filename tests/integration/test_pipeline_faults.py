@@ -19,16 +19,10 @@ from typing import Any
 
 import boto3
 import pytest
-from helpers import (
-    REGION,
-    REPO,
-    FakeLambdaContext,
-    http_event,
-    infer_body,
-    load_handler,
-    put_and_notify,
-    sqs_event,
-)
+from maas_devkit.events import http_event, put_and_notify, sqs_event
+from maas_devkit.lambda_runtime import LambdaContext, load_handler
+from maas_devkit.models import infer_body
+from maas_devkit.repo import REGION, REPO
 from maas_local.runner import TrainingRunner
 from test_optimize import _event, _model_tarball, _optimize, _start_run, _upload_artifact
 
@@ -65,7 +59,7 @@ class Optimize:
     """The runner's view of OptimizeFunction: the production handler, invoked in process."""
 
     def invoke(self, event: dict[str, Any]) -> Any:
-        return load_handler("optimize").lambda_handler(event, FakeLambdaContext("optimize"))
+        return load_handler("optimize").lambda_handler(event, LambdaContext("optimize"))
 
 
 def run_training(aws: Any, workdir: Path, timeout_s: int | None = None) -> dict[str, Any]:

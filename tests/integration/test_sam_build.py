@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfn_template import REPO, TEMPLATE, load_template
+from maas_devkit.cfn import load_template
+from maas_devkit.repo import REPO, TEMPLATE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -312,10 +313,11 @@ FUSION_SMOKE = """
 import json, sys
 from pathlib import Path
 sys.path[:0] = json.loads(sys.argv[1])
-from maas.optimize.quantize import EMBEDDING_OP_TYPES, _build_fused_dynamic
-work = Path(sys.argv[3])
-note = _build_fused_dynamic(Path(sys.argv[2]), work / "fused.onnx",
-    transformer=json.loads(sys.argv[4]), op_types=EMBEDDING_OP_TYPES, workdir=work)
+from maas.optimize.recipes import EMBEDDING_OP_TYPES, RecipeInput, build_fused_dynamic
+work, fp32 = Path(sys.argv[3]), Path(sys.argv[2])
+inp = RecipeInput(fp32=fp32, graph=fp32, workdir=work, task="embedding",
+    op_types=EMBEDDING_OP_TYPES, calibration=None, transformer=json.loads(sys.argv[4]))
+note = build_fused_dynamic(inp, work / "fused.onnx")
 print(note)
 """
 

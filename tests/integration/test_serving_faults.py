@@ -16,18 +16,16 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import registry_table_schema
-from helpers import (
-    ARTIFACT_BUCKET,
-    REGION,
-    http_event,
-    infer_body,
-    load_handler,
-    publish_model,
-)
+from conftest import stack_template
 from maas.core.config import InferenceSettings
 from maas.serving.http import ClientResponse
 from maas.serving.store import ModelStore, ModelUnavailable
+from maas_devkit.account import ARTIFACT_BUCKET, create_resources
+from maas_devkit.events import http_event
+from maas_devkit.lambda_runtime import load_handler
+from maas_devkit.models import infer_body
+from maas_devkit.publish import publish_model
+from maas_devkit.repo import REGION
 
 SECTION = "Serving faults"
 
@@ -191,10 +189,8 @@ def split_aws(
     try:
         ddb = boto3.client("dynamodb", region_name=REGION, endpoint_url=split.dynamodb.url)
         s3 = boto3.client("s3", region_name=REGION, endpoint_url=split.s3.url)
-        ddb.create_table(
-            TableName="maas-registry", BillingMode="PAY_PER_REQUEST", **registry_table_schema()
-        )
-        s3.create_bucket(Bucket=ARTIFACT_BUCKET)
+        sqs = boto3.client("sqs", region_name=REGION, endpoint_url=split.dynamodb.url)
+        create_resources({"dynamodb": ddb, "s3": s3, "sqs": sqs}.__getitem__, stack_template())
         publish_model(
             Registry("maas-registry", client=ddb), Storage(s3), "iris", 1, iris_model.onnx,
             promote=True,

@@ -11,10 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
-from helpers import http_event, infer_body, load_handler, publish_model
 from maas.core.config import InferenceSettings
 from maas.serving.oip import decode_request
 from maas.serving.store import Route
+from maas_devkit.events import http_event
+from maas_devkit.lambda_runtime import load_handler
+from maas_devkit.models import infer_body
+from maas_devkit.publish import publish_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 # The inference function's required settings, for building one directly.

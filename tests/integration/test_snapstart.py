@@ -10,8 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cfn_template import load_template
-from helpers import http_event, infer_body, load_handler, publish_model
+from maas_devkit.cfn import load_template
+from maas_devkit.events import http_event
+from maas_devkit.lambda_runtime import load_handler
+from maas_devkit.models import infer_body
+from maas_devkit.publish import publish_model
 
 
 def _ask(app: Any, context: Any) -> dict[str, Any]:

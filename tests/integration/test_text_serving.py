@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import load_handler, publish_model
+from maas_devkit.lambda_runtime import load_handler
+from maas_devkit.publish import publish_model
 
 pytestmark = pytest.mark.usefixtures("aws")
 
@@ -81,7 +82,7 @@ def _publish(aws: Any, text_json: bytes, listed_sha: str | None = None) -> None:
 
 
 def _post(handler: Any, ctx: Any, body: dict) -> tuple[int, dict]:
-    from helpers import http_event
+    from maas_devkit.events import http_event
 
     event = http_event("POST", "/v2/models/spam/infer", body=json.dumps(body))
     resp = handler.lambda_handler(event, ctx)
@@ -114,7 +115,7 @@ def test_bytes_text_is_encoded_by_the_shared_module_and_served(aws: Any, lambda_
         np.asarray(out["probabilities"]["data"]).reshape(3, 2), want, rtol=1e-5
     )
     assert set(out["label"]["data"]) <= {"ham", "spam"}
-    from helpers import http_event
+    from maas_devkit.events import http_event
 
     meta = handler.lambda_handler(http_event("GET", "/v2/models/spam"), lambda_context)
     assert json.loads(meta["body"])["inputs"] == [
@@ -192,10 +193,10 @@ def test_optimizer_publishes_text_files_and_plot_with_their_checksums(aws: Any) 
     registry.mark_started(name)
     # WHEN the optimizer handles the completion event
     handler = load_handler("optimize")
-    from helpers import FakeLambdaContext
+    from maas_devkit.lambda_runtime import LambdaContext
 
     out = handler.lambda_handler(
-        _event(name, artifact=f"s3://{aws.artifact_bucket}/{key}"), FakeLambdaContext()
+        _event(name, artifact=f"s3://{aws.artifact_bucket}/{key}"), LambdaContext()
     )
     # THEN the version is READY with text.json and the plot beside the model, sha256-listed
     assert out["action"] == "ready", out

@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 import pytest
 import tinybert
-from maas.optimize.quantize import DYNAMIC_PER_CHANNEL, FUSED_DYNAMIC_PER_CHANNEL, optimize_model
+from maas.optimize.quantize import optimize_model
+from maas.optimize.recipes import DYNAMIC_PER_CHANNEL, FUSED_DYNAMIC_PER_CHANNEL
 from maas.serving.ortsession import DISABLED_OPTIMIZERS, new_session
 from tinybert import ARCH
 

@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 import pytest
-from helpers import FakeLambdaContext, http_event, load_handler
+from maas_devkit.events import http_event
+from maas_devkit.lambda_runtime import LambdaContext, load_handler
 
 
 def _lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
@@ -20,7 +21,7 @@ def test_cold_start_once_then_latency_per_invocation(monkeypatch, capsys) -> Non
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     monkeypatch.delenv("PRELOAD_MODELS", raising=False)
     app = load_handler("inference")
-    context = FakeLambdaContext("inference-fn")
+    context = LambdaContext("inference-fn")
     capsys.readouterr()
 
     # First invocation: the ColdStart metric with the function name, as Powertools writes it.
@@ -60,11 +61,11 @@ def test_no_metrics_without_a_namespace_or_when_disabled(monkeypatch, capsys) ->
     monkeypatch.delenv("PRELOAD_MODELS", raising=False)
     app = load_handler("inference")
     capsys.readouterr()
-    app.lambda_handler(http_event("GET", "/v2/health/live"), FakeLambdaContext())
+    app.lambda_handler(http_event("GET", "/v2/health/live"), LambdaContext())
     assert _lines(capsys) == []
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "ServerlessMaaS")
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     app = load_handler("inference")
     capsys.readouterr()
-    app.lambda_handler(http_event("GET", "/v2/health/live"), FakeLambdaContext())
+    app.lambda_handler(http_event("GET", "/v2/health/live"), LambdaContext())
     assert _lines(capsys) == []

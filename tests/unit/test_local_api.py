@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import requests
+from maas_cli.sigv4 import sign
 from maas_local.http_api import ApiServer, IamPolicy
-from maas_local.sigv4 import sign
 from maas_local.stack import free_port
 
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -110,7 +110,7 @@ def test_malformed_content_length_is_400_and_the_server_keeps_serving(server: An
 
 
 def test_json_body_that_is_not_utf8_reaches_the_function_base64_encoded() -> None:
-    from maas_local.http_api import http_api_event
+    from maas_devkit.events import http_api_event
 
     event = http_api_event("POST", "/v2/x", {"Content-Type": "application/json"}, b"\x80\x81")
     assert event["isBase64Encoded"] is True and event["body"] == "gIE="

@@ -7,9 +7,10 @@ import re
 from typing import Any
 
 import pytest
-from cfn_template import TEMPLATE, load_template
-from helpers import load_handler
 from maas.serving.http import Router
+from maas_devkit.cfn import load_template
+from maas_devkit.lambda_runtime import load_handler
+from maas_devkit.repo import TEMPLATE
 from maas_local import openapi
 
 pytestmark = pytest.mark.usefixtures("no_network")

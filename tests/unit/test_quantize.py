@@ -1,4 +1,5 @@
-"""The optimizer's recipe search (maas.optimize.quantize) on a small MLP trained on sklearn digits.
+"""The optimizer's recipe search (maas.optimize.quantize) and its recipes (maas.optimize.recipes)
+on a small MLP trained on sklearn digits.
 
 The graph is built here with onnx.helper the way training exports it: standardisation inside
 the graph, Gemm/MatMul layers, Softmax -> "probabilities", ArgMax + Gather over a string
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import warnings
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from maas.optimize import quantize as q
+from maas.optimize import recipes as r
+from maas.optimize.feeds import load_npz
 from maas.optimize.quantize import Candidate, optimize_model
 from onnx import TensorProto, helper, numpy_helper
 
@@ -131,9 +135,9 @@ def test_every_candidate_is_built_scored_and_timed(selection):
     cands = by_recipe(selection)
     assert list(cands) == [
         q.FP32,
-        q.DYNAMIC_PER_TENSOR,
-        q.DYNAMIC_PER_CHANNEL,
-        q.STATIC_QDQ_PER_CHANNEL,
+        r.DYNAMIC_PER_TENSOR,
+        r.DYNAMIC_PER_CHANNEL,
+        r.STATIC_QDQ_PER_CHANNEL,
     ]
     assert selection.fp32 is cands[q.FP32]
     assert selection.preprocess.startswith("quant_pre_process")
@@ -204,13 +208,13 @@ def test_quantized_graphs_are_really_quantized(selection):
         c.recipe: Counter(n.op_type for n in onnx.load(str(c.path)).graph.node)
         for c in selection.candidates
     }
-    assert "MatMulInteger" in ops[q.DYNAMIC_PER_TENSOR]
-    assert "MatMulInteger" in ops[q.DYNAMIC_PER_CHANNEL]
-    assert ops[q.STATIC_QDQ_PER_CHANNEL]["DequantizeLinear"] >= 3
+    assert "MatMulInteger" in ops[r.DYNAMIC_PER_TENSOR]
+    assert "MatMulInteger" in ops[r.DYNAMIC_PER_CHANNEL]
+    assert ops[r.STATIC_QDQ_PER_CHANNEL]["DequantizeLinear"] >= 3
     for recipe, counter in ops.items():
         # The label head is untouched: still one ArgMax and one Gather over strings.
         assert counter["ArgMax"] == 1 and counter["Gather"] == 1, recipe
-    static = onnx.load(str(by_recipe(selection)[q.STATIC_QDQ_PER_CHANNEL].path))
+    static = onnx.load(str(by_recipe(selection)[r.STATIC_QDQ_PER_CHANNEL].path))
     classes = [i for i in static.graph.initializer if i.name == "classes"]
     assert classes and classes[0].data_type == TensorProto.STRING
 
@@ -247,10 +251,10 @@ def test_no_calibration_skips_static(mlp, tmp_path):
     sel = optimize_model(fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS)
     assert [c.recipe for c in sel.candidates] == [
         q.FP32,
-        q.DYNAMIC_PER_TENSOR,
-        q.DYNAMIC_PER_CHANNEL,
+        r.DYNAMIC_PER_TENSOR,
+        r.DYNAMIC_PER_CHANNEL,
     ]
-    assert any(q.STATIC_QDQ_PER_CHANNEL in n for n in sel.notes)
+    assert any(r.STATIC_QDQ_PER_CHANNEL in n for n in sel.notes)
     assert all(c.error is None for c in sel.candidates)
     assert sel.chosen.passed_gate
 
@@ -270,7 +274,7 @@ def test_gate_rejects_int8_wrecked_by_an_activation_outlier(mlp, tmp_path):
     fp32 = write_model(broken, tmp_path / "model.onnx")
     sel = optimize_model(fp32, sample, None, tmp_path / "w", timing_repeats=REPEATS)
     assert sel.fp32.quality["accuracy"] > 0.8
-    for recipe in (q.DYNAMIC_PER_TENSOR, q.DYNAMIC_PER_CHANNEL):
+    for recipe in (r.DYNAMIC_PER_TENSOR, r.DYNAMIC_PER_CHANNEL):
         cand = by_recipe(sel)[recipe]
         assert cand.error is None and not cand.passed_gate, cand.quality
         assert cand.quality["accuracy"] < 0.5
@@ -281,21 +285,21 @@ def test_gate_rejects_int8_wrecked_by_an_activation_outlier(mlp, tmp_path):
 
 
 def test_candidate_that_fails_to_build_is_recorded_not_chosen(mlp, tmp_path, monkeypatch):
-    real = q._build_dynamic
+    real = r._build_dynamic
 
     def flaky(src, dst, *, per_channel, op_types):
         if not per_channel:
             raise RuntimeError("boom")
         return real(src, dst, per_channel=per_channel, op_types=op_types)
 
-    monkeypatch.setattr(q, "_build_dynamic", flaky)
+    monkeypatch.setattr(r, "_build_dynamic", flaky)
     fp32 = write_model(mlp, tmp_path / "model.onnx")
     sel = optimize_model(fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS)
-    bad = by_recipe(sel)[q.DYNAMIC_PER_TENSOR]
+    bad = by_recipe(sel)[r.DYNAMIC_PER_TENSOR]
     assert bad.error and "boom" in bad.error and bad.error.startswith("build")
     assert not bad.passed_gate and bad.latency_ms == {}
     assert sel.chosen is not bad
-    assert by_recipe(sel)[q.DYNAMIC_PER_CHANNEL].error is None
+    assert by_recipe(sel)[r.DYNAMIC_PER_CHANNEL].error is None
     json.dumps(sel.to_manifest(), allow_nan=False)
 
 
@@ -307,7 +311,7 @@ def test_candidate_that_changes_the_interface_is_rejected(mlp, tmp_path, monkeyp
             n.output[:] = ["renamed" if o == "label" else o for o in n.output]
         onnx.save(m, str(dst))
 
-    monkeypatch.setattr(q, "_build_dynamic", renaming)
+    monkeypatch.setattr(r, "_build_dynamic", renaming)
     fp32 = write_model(mlp, tmp_path / "model.onnx")
     sel = optimize_model(fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS)
     for c in sel.candidates[1:]:
@@ -362,7 +366,7 @@ def test_bad_inputs_raise(mlp, tmp_path):
     sel = optimize_model(
         fp32, mlp["sample"], {"input__other": np.ones((4, 64))}, tmp_path / "w", timing_repeats=5
     )
-    assert q.STATIC_QDQ_PER_CHANNEL not in by_recipe(sel)
+    assert r.STATIC_QDQ_PER_CHANNEL not in by_recipe(sel)
     assert any("calibration data unusable" in n for n in sel.notes)
 
 
@@ -397,7 +401,7 @@ def test_embedding_task_gates_on_cosine(mlp, tmp_path):
         assert set(c.quality) == {"cosine_mean", "cosine_min"}
         assert c.quality["cosine_min"] <= c.quality["cosine_mean"] <= 1.0 + 1e-9
         assert "cosine mean" in c.reason
-    assert by_recipe(sel)[q.DYNAMIC_PER_CHANNEL].quality["cosine_mean"] > 0.99
+    assert by_recipe(sel)[r.DYNAMIC_PER_CHANNEL].quality["cosine_mean"] > 0.99
     assert sel.to_manifest()["gate"]["min_cosine"] == 0.99
 
     strict = optimize_model(
@@ -432,7 +436,7 @@ def test_choose_rule():
     fp32 = _cand("fp32", 1.0, 10.0, size=400)
 
     def choose(*cands):
-        return q._choose(fp32, [fp32, *cands], 32, 1.05)
+        return q.choose(fp32, [fp32, *cands], 32, 1.05)
 
     # Clear batch-1 win.
     chosen, reason = choose(_cand("a", 0.5, 10.0))
@@ -460,13 +464,138 @@ def test_choose_rule():
     assert chosen is fp32 and "no quantized candidate was built" in reason
 
 
+# --------------------------------------------------------------------------- the registry
+
+PAD = 1024  # width of the padding branch in padded_graph
+
+
+def padded_graph(mlp: dict) -> onnx.ModelProto:
+    """The classifier plus a wide branch multiplied by zero: the same outputs, far more work."""
+    model = build_graph(mlp)
+    rng = np.random.default_rng(0)
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(rng.standard_normal((64, PAD)).astype(np.float32), "pad_w0"),
+            numpy_helper.from_array(rng.standard_normal((PAD, PAD)).astype(np.float32), "pad_w1"),
+            numpy_helper.from_array(np.zeros((1,), np.float32), "pad_zero"),
+        ]
+    )
+    logits = f"z{len(mlp['W']) - 1}"
+    padding = [
+        helper.make_node("MatMul", ["h0", "pad_w0"], ["pad0"]),
+        helper.make_node("MatMul", ["pad0", "pad_w1"], ["pad1"]),
+        helper.make_node("ReduceMean", ["pad1"], ["pad2"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["pad2", "pad_zero"], ["pad3"]),
+        helper.make_node("Add", [logits, "pad3"], ["padded_logits"]),
+    ]
+    nodes = list(model.graph.node)
+    softmax = next(i for i, n in enumerate(nodes) if n.op_type == "Softmax")
+    nodes[softmax].input[0] = "padded_logits"
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[:softmax] + padding + nodes[softmax:])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_registered_recipe_is_built_scored_gated_timed_and_chosen(mlp, tmp_path, monkeypatch):
+    # GIVEN a graph padded with work its outputs never see, and two recipes registered in the
+    # one registry: one that strips the padding (by writing the unpadded graph), one that
+    # never applies
+    built: list[r.RecipeInput] = []
+
+    def build_unpadded(inp: r.RecipeInput, dst: Path) -> str:
+        built.append(inp)
+        write_model(mlp, dst)
+        return "padding stripped"
+
+    unpadded = r.Recipe(
+        "test-unpadded", build_unpadded, applies=lambda i: i.task == "classification"
+    )
+    never = r.Recipe("test-never", build_unpadded, applies=lambda i: False, skipped="not here")
+    monkeypatch.setattr(r, "RECIPES", (*r.RECIPES, unpadded, never))
+    fp32 = tmp_path / "model.onnx"
+    onnx.save(padded_graph(mlp), str(fp32))
+    # WHEN the optimizer runs exactly as the service calls it
+    sel = optimize_model(fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS)
+    # THEN the recipe was built once, from the search's input, after the built-in ones
+    assert [c.recipe for c in sel.candidates] == [
+        q.FP32,
+        r.DYNAMIC_PER_TENSOR,
+        r.DYNAMIC_PER_CHANNEL,
+        "test-unpadded",
+    ]
+    assert len(built) == 1 and built[0].fp32 == fp32 and built[0].task == "classification"
+    assert (
+        built[0].graph.name == "model.pre.onnx" and built[0].op_types == r.CLASSIFICATION_OP_TYPES
+    )
+    assert "skipped test-never: not here" in sel.notes
+    cand = by_recipe(sel)["test-unpadded"]
+    assert cand.error is None, cand.error
+    assert cand.path.name == "model.test-unpadded.onnx" and cand.note == "padding stripped"
+    assert cand.size_bytes == cand.path.stat().st_size < 0.1 * sel.fp32.size_bytes
+    # AND scored and gated like every candidate (the padding adds exactly zero)
+    assert cand.quality == {"accuracy": sel.fp32.quality["accuracy"], "agreement": 1.0}
+    assert cand.passed_gate and cand.reason == "accuracy drop 0.000 <= 0.010"
+    # AND timed side by side with the others
+    assert 0 < cand.latency_ms["batch1_p50"] <= cand.latency_ms["batch1_p90"]
+    assert 0 < cand.latency_ms["batchN_p50"] <= cand.latency_ms["batchN_p90"]
+    # AND listed in the manifest
+    entry = next(c for c in sel.to_manifest()["candidates"] if c["recipe"] == "test-unpadded")
+    assert entry["file"] == cand.path.name and entry["note"] == "padding stripped"
+    assert entry["passed_gate"] is True and entry["error"] is None
+    # AND chosen under the same rule: clearly faster at both batch sizes, the fastest at batch 1
+    s1, sn = q._speedups(sel.fp32, cand)
+    assert s1 >= 1.05 and sn >= 1.05, (s1, sn)
+    assert sel.chosen is cand and sel.reason.startswith("test-unpadded: ")
+    assert sel.to_manifest()["recipe"] == "test-unpadded"
+
+
+def test_builtin_recipes_are_registered_once_in_order():
+    names = [recipe.name for recipe in r.RECIPES]
+    assert names == [
+        r.DYNAMIC_PER_TENSOR,
+        r.DYNAMIC_PER_CHANNEL,
+        r.STATIC_QDQ_PER_CHANNEL,
+        r.FUSED_DYNAMIC_PER_CHANNEL,
+    ]
+    assert len(set(names)) == len(names) and q.FP32 not in names
+
+
+def test_recipes_apply_by_calibration_and_transformer(tmp_path):
+    plain = r.RecipeInput(
+        fp32=tmp_path / "model.onnx",
+        graph=tmp_path / "model.pre.onnx",
+        workdir=tmp_path,
+        task="embedding",
+        op_types=r.EMBEDDING_OP_TYPES,
+        calibration=None,
+        transformer=None,
+    )
+
+    def applicable(inp: r.RecipeInput) -> tuple[list[str], list[str]]:
+        notes: list[str] = []
+        return [x.name for x in q.applicable(r.RECIPES, inp, notes)], notes
+
+    assert applicable(plain) == (
+        [r.DYNAMIC_PER_TENSOR, r.DYNAMIC_PER_CHANNEL],
+        [f"skipped {r.STATIC_QDQ_PER_CHANNEL}: no calibration data"],
+    )
+    full = replace(
+        plain, calibration={"input": np.ones((2, 64))}, transformer={"model_type": "bert"}
+    )
+    assert applicable(full) == ([recipe.name for recipe in r.RECIPES], [])
+    # A transformer whose graph the offline fusions do not know gets no fused candidate.
+    other = replace(full, transformer={"model_type": "gpt2"})
+    assert r.FUSED_DYNAMIC_PER_CHANNEL not in applicable(other)[0]
+
+
 # --------------------------------------------------------------------------- misc
 
 
 def test_load_npz_roundtrip(tmp_path):
     p = tmp_path / "s.npz"
     np.savez(p, input__input=np.ones((3, 2), np.float32), target=np.arange(3))
-    d = q.load_npz(p)
+    d = load_npz(p)
     assert set(d) == {"input__input", "target"} and d["target"].tolist() == [0, 1, 2]
 
 

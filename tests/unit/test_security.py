@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfn_template import REPO, TEMPLATE, as_list, load_template, policy_statements
+from maas_devkit.cfn import as_list, load_template, policy_statements
+from maas_devkit.repo import REPO, TEMPLATE
 
 SECTION = "Security"
 SKIP_DIRS = {".venv", ".aws-sam", ".git", "build", "dist", "node_modules", ".maas", "bench/out"}

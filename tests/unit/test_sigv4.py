@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import pytest
-from maas_local.sigv4 import Unauthorized, sign, verify
+from maas_cli.sigv4 import sign
+from maas_local.sigv4 import Unauthorized, verify
 
 pytestmark = pytest.mark.usefixtures("no_network")
 

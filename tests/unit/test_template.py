@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfn_template import (
-    REPO,
-    TEMPLATE,
+from maas_devkit.cfn import (
     as_list,
     function_environment,
     function_property,
@@ -22,6 +20,7 @@ from cfn_template import (
     policy_statements,
     resources_of_type,
 )
+from maas_devkit.repo import REPO, TEMPLATE
 
 FUNCTIONS = {
     "IngestFunction": "ingest",

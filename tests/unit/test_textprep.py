@@ -80,7 +80,7 @@ def test_training_job_loads_this_very_file() -> None:
 
 
 def test_training_code_tarball_carries_a_byte_identical_copy(tmp_path: Path) -> None:
-    from maas_local.cli import pack_training_code
+    from maas_cli.training_code import pack_training_code
 
     tarball = pack_training_code(tmp_path / "training.tar.gz")
     with tarfile.open(tarball) as tar:

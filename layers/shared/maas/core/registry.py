@@ -193,63 +193,18 @@ class Registry:
                     created=False,
                 )
             meta = self.table.get_item(Key={"pk": _model_pk(model), "sk": "META"}).get("Item")
-            current = int(meta["next_version"]) if meta else 0
-            version = current + 1
+            current = int(meta["next_version"]) if meta else None
+            version = (current or 0) + 1
             ts = now_iso()
-            counter_update: dict[str, Any] = {
-                "TableName": self.table_name,
-                "Key": {"pk": {"S": _model_pk(model)}, "sk": {"S": "META"}},
-                "UpdateExpression": "SET next_version = :v, model = :m, "
-                "created_at = if_not_exists(created_at, :t)",
-                "ExpressionAttributeValues": {
-                    ":v": {"N": str(version)},
-                    ":m": {"S": model},
-                    ":t": {"S": ts},
-                },
-            }
-            if meta:
-                counter_update["ConditionExpression"] = "next_version = :cur"
-                counter_update["ExpressionAttributeValues"][":cur"] = {"N": str(current)}
-            else:
-                counter_update["ConditionExpression"] = "attribute_not_exists(pk)"
-            history = json.dumps([{"at": ts, "by": actor, "status": TRAINING, "why": source}])
             try:
                 self._ddb.transact_write_items(
                     TransactItems=[
-                        {"Update": counter_update},
+                        {"Update": self._next_version_update(model, current, version, ts)},
+                        {"Put": self._job_put(job_name, model, version, ts)},
                         {
-                            "Put": {
-                                "TableName": self.table_name,
-                                "Item": {
-                                    "pk": {"S": f"JOB#{job_name}"},
-                                    "sk": {"S": "JOB"},
-                                    "model": {"S": model},
-                                    "version": {"N": str(version)},
-                                    "started": {"BOOL": False},
-                                    "created_at": {"S": ts},
-                                },
-                                "ConditionExpression": "attribute_not_exists(pk)",
-                            }
-                        },
-                        {
-                            "Put": {
-                                "TableName": self.table_name,
-                                "Item": {
-                                    "pk": {"S": _model_pk(model)},
-                                    "sk": {"S": _version_sk(version)},
-                                    "model": {"S": model},
-                                    "version": {"N": str(version)},
-                                    "status": {"S": TRAINING},
-                                    "job_name": {"S": job_name},
-                                    "run": {"S": run},
-                                    "source": {"S": source},
-                                    "created_at": {"S": ts},
-                                    "updated_at": {"S": ts},
-                                    "summary": {"S": "{}"},
-                                    "history": {"S": history},
-                                },
-                                "ConditionExpression": "attribute_not_exists(pk)",
-                            }
+                            "Put": self._version_put(
+                                job_name, model, version, run, source, actor, ts
+                            )
                         },
                     ]
                 )
@@ -263,6 +218,74 @@ class Registry:
             self.audit(model, actor, "version-created", f"v{version} from {source}")
             return Claim(job_name, model, version, started=False, created=True)
         raise RegistryError(f"could not claim job {job_name}: too much contention")
+
+    def _next_version_update(
+        self, model: str, current: int | None, version: int, ts: str
+    ) -> dict[str, Any]:
+        """The model's version counter moves from `current` (None: no model yet) to `version`."""
+        update: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": {"pk": {"S": _model_pk(model)}, "sk": {"S": "META"}},
+            "UpdateExpression": "SET next_version = :v, model = :m, "
+            "created_at = if_not_exists(created_at, :t)",
+            "ExpressionAttributeValues": {
+                ":v": {"N": str(version)},
+                ":m": {"S": model},
+                ":t": {"S": ts},
+            },
+        }
+        if current is not None:
+            update["ConditionExpression"] = "next_version = :cur"
+            update["ExpressionAttributeValues"][":cur"] = {"N": str(current)}
+        else:
+            update["ConditionExpression"] = "attribute_not_exists(pk)"
+        return update
+
+    def _job_put(self, job_name: str, model: str, version: int, ts: str) -> dict[str, Any]:
+        """The job's claim row (not started yet), unless the job already has one."""
+        return {
+            "TableName": self.table_name,
+            "Item": {
+                "pk": {"S": f"JOB#{job_name}"},
+                "sk": {"S": "JOB"},
+                "model": {"S": model},
+                "version": {"N": str(version)},
+                "started": {"BOOL": False},
+                "created_at": {"S": ts},
+            },
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
+
+    def _version_put(
+        self,
+        job_name: str,
+        model: str,
+        version: int,
+        run: str,
+        source: str,
+        actor: str,
+        ts: str,
+    ) -> dict[str, Any]:
+        """The new version's row, TRAINING, unless that number is taken."""
+        history = json.dumps([{"at": ts, "by": actor, "status": TRAINING, "why": source}])
+        return {
+            "TableName": self.table_name,
+            "Item": {
+                "pk": {"S": _model_pk(model)},
+                "sk": {"S": _version_sk(version)},
+                "model": {"S": model},
+                "version": {"N": str(version)},
+                "status": {"S": TRAINING},
+                "job_name": {"S": job_name},
+                "run": {"S": run},
+                "source": {"S": source},
+                "created_at": {"S": ts},
+                "updated_at": {"S": ts},
+                "summary": {"S": "{}"},
+                "history": {"S": history},
+            },
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
 
     def claim_upload_sequence(self, bucket: str, key: str, sequencer: str) -> str | None:
         """Record an upload event's S3 `sequencer` for its key, unless a later one came first.

@@ -2,39 +2,40 @@
 
 Runs inside the optimizer Lambda, so it imports onnx, onnxruntime and numpy only (never torch).
 
-Steps (``optimize_model``):
+``optimize_model`` runs these steps, each a function here; the candidates themselves are the
+recipes registered in ``maas.optimize.recipes.RECIPES``:
 
-1. ``quant_pre_process`` (shape inference + basic graph optimisation). Symbolic shape
-   inference fails on some graphs (transformers); it is retried with
-   ``skip_symbolic_shape=True``; if that fails too the raw graph is quantized and the
-   manifest says so.
-2. Candidates, each written to ``workdir``:
-     - ``fp32``                          the training graph as delivered (the reference)
+1. ``reference``: the fp32 graph as delivered, loaded, smoke-run and scored (every candidate
+   is compared with it), and ``preprocess``: ``quant_pre_process`` (shape inference + basic
+   graph optimisation). Symbolic shape inference fails on some graphs (transformers); it is
+   retried with ``skip_symbolic_shape=True``; if that fails too the raw graph is quantized
+   and the manifest says so.
+2. ``build_and_score``: each applicable recipe, in registry order, written to ``workdir``:
      - ``dynamic-int8-per-tensor``       ``quantize_dynamic``, one scale per weight tensor
      - ``dynamic-int8-per-channel``      ``quantize_dynamic``, one scale per output channel
      - ``static-qdq-int8-per-channel``   ``quantize_static`` (QDQ, MinMax over calibration.npz),
                                          only when calibration data is given
-   Only MatMul/Gemm are quantized (plus Gather for text models), so the label head
-   (ArgMax + Gather over a string initializer) is left alone. A candidate that fails to
-   build, to load, to run, or that changes the graph's input/output names or types is
-   recorded with ``error`` and is never chosen.
      - ``fused-dynamic-int8-per-channel`` transformer encoders only (``transformer`` names the
                                          model type, heads and width): ONNX Runtime's
                                          transformer fusions (Attention, BiasGelu, ...) on the
                                          fp32 graph, then dynamic int8 per channel, so that
                                          attention runs as one QAttention kernel
-3. Quality on sample.npz (held-out test split): classification compares the argmax of
+   Only MatMul/Gemm are quantized (plus Gather for text models), so the label head
+   (ArgMax + Gather over a string initializer) is left alone. A candidate that fails to
+   build, to load, to run, or that changes the graph's input/output names or types is
+   recorded with ``error`` and is never chosen.
+   Quality on sample.npz (held-out test split): classification compares the argmax of
    "probabilities" with ``target`` (accuracy) and with fp32's argmax (agreement);
    embedding compares the first output (or "embedding") with fp32's row-wise by cosine.
    Scored in runs of BATCH_N rows: dynamic int8 takes one activation scale over the whole
    batch, so a row's result depends on its batch-mates; BATCH_N matches the timed batch.
-4. Latency, all candidates in one process, interleaved round-robin (the starting candidate
-   rotates every round) so that clock and thermal drift hit all of them alike: batch 1
-   (first sample row) and batch N (min(32, n) rows); p50 and p90 in ms.
-5. Gate: classification passes when ``fp32_accuracy - accuracy <= max_accuracy_drop``
+3. ``gate``: classification passes when ``fp32_accuracy - accuracy <= max_accuracy_drop``
    (without targets: ``1 - agreement <= max_accuracy_drop``); embedding passes when
    ``cosine_mean >= min_cosine``.
-6. Choice (the rule): a quantized candidate is *eligible* when it passed the gate, ran
+4. ``time_side_by_side``: all candidates in one process, interleaved round-robin (the starting
+   candidate rotates every round) so that clock and thermal drift hit all of them alike:
+   batch 1 (first sample row) and batch N (min(32, n) rows); p50 and p90 in ms.
+5. ``choose`` (the rule): a quantized candidate is *eligible* when it passed the gate, ran
    without error, and wins clearly at one batch size without losing at the other:
        (speedup_1 >= min_speedup and speedup_N >= 1/min_speedup)  or
        (speedup_N >= min_speedup and speedup_1 >= 1/min_speedup)
@@ -51,7 +52,7 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,46 +60,29 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from maas.core.artifacts import INPUT_PREFIX, TARGET_KEY
+from maas.core.artifacts import TARGET_KEY
+from maas.optimize import recipes
+from maas.optimize.feeds import Feeds, feeds_for, n_rows, rows
+from maas.optimize.recipes import Recipe, RecipeInput
 from maas.serving.ortsession import new_session
 
 log = logging.getLogger(__name__)
 
-FP32 = "fp32"
-DYNAMIC_PER_TENSOR = "dynamic-int8-per-tensor"
-DYNAMIC_PER_CHANNEL = "dynamic-int8-per-channel"
-STATIC_QDQ_PER_CHANNEL = "static-qdq-int8-per-channel"
-FUSED_DYNAMIC_PER_CHANNEL = "fused-dynamic-int8-per-channel"
-# Transformer graphs ONNX Runtime's offline fusions (onnxruntime.transformers) know.
-FUSABLE_MODEL_TYPES = ("bert",)
+FP32 = "fp32"  # the reference's name among the candidates; no recipe takes it
 
 CLASSIFICATION_TASKS = ("classification", "text-classification")
 EMBEDDING_TASKS = ("embedding",)
 PROBABILITIES = "probabilities"
 EMBEDDING = "embedding"
 
-# Ops handed to the quantizer: weights-heavy matmuls; Gather too for embedding tables.
-CLASSIFICATION_OP_TYPES = ("MatMul", "Gemm")
-EMBEDDING_OP_TYPES = ("MatMul", "Gemm", "Gather")
-
 BATCH_N = 32
 EVAL_CHUNK_ROWS = BATCH_N  # rows per run when scoring: dynamic int8 scales span the batch
-CALIBRATION_BATCH_ROWS = 64
-CALIBRATION_MAX_ROWS = 1024
 WARMUP_RUNS = 5
 MIN_TIMING_ROUNDS = 5
 GATE_EPS = 1e-9
 
-_ORT_NUMPY = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
+Interface = tuple[list[tuple[str, str]], list[tuple[str, str]]]  # (inputs, outputs): name, type
+Sessions = dict[str, ort.InferenceSession]  # by candidate name: the ones that built and ran
 
 
 @dataclass
@@ -166,75 +150,187 @@ class Selection:
         }
 
 
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
 def _finite(v: float, digits: int = 6) -> float | None:
     f = float(v)
     return round(f, digits) if math.isfinite(f) else None
 
 
-# --------------------------------------------------------------------------- sessions
+@dataclass
+class Reference:
+    """The fp32 graph as served: what every candidate is checked, scored and timed against."""
+
+    candidate: Candidate
+    session: ort.InferenceSession
+    interface: Interface
+    kind: str  # classification | embedding
+    feeds: Feeds  # the whole sample
+    feeds1: Feeds  # its first row (batch-1 timing, smoke runs)
+    feeds_n: Feeds  # its first batch_n rows (batch-N timing)
+    batch_n: int
+    calibration: Feeds | None  # calibration.npz as feeds, when it fits the graph
+    output: str  # the output scored
+    expected: np.ndarray  # fp32's output on the sample
+    targets: np.ndarray | None  # the sample's labels (classification, when given)
+
+    def score(self, out: np.ndarray) -> dict[str, float]:
+        n = n_rows(self.feeds)
+        if self.kind == "classification":
+            pred = out.reshape(n, -1).argmax(axis=1)
+            ref_pred = self.expected.reshape(n, -1).argmax(axis=1)
+            q = {"agreement": float(np.mean(pred == ref_pred))}
+            if self.targets is not None:
+                q = {"accuracy": float(np.mean(pred == self.targets)), **q}
+            return q
+        cos = _cosine_rows(out, self.expected)
+        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
 
 
-def _session(path: Path, threads: int | None) -> ort.InferenceSession:
-    """The serving function's session (maas.serving.ortsession): candidates are timed as served."""
-    return new_session(path, threads or 1)
+# --------------------------------------------------------------------------- the search
 
 
-def _interface(sess: ort.InferenceSession) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    return (
-        [(i.name, i.type) for i in sess.get_inputs()],
-        [(o.name, o.type) for o in sess.get_outputs()],
+def optimize_model(
+    fp32_path: Path,
+    sample: dict[str, np.ndarray],
+    calibration: dict[str, np.ndarray] | None,
+    workdir: Path,
+    *,
+    task: str = "classification",
+    max_accuracy_drop: float = 0.01,
+    min_cosine: float = 0.99,
+    threads: int | None = None,
+    timing_repeats: int = 200,
+    timing_budget_s: float = 20.0,
+    min_speedup: float = 1.05,
+    op_types: Sequence[str] | None = None,
+    transformer: dict[str, Any] | None = None,
+) -> Selection:
+    """Build the candidates, score and time them side by side, choose one (see module doc).
+
+    ``timing_repeats`` is the number of interleaved rounds (each times every candidate once
+    at batch 1 and once at batch N); rounds stop early once ``timing_budget_s`` is spent
+    (never fewer than MIN_TIMING_ROUNDS). Raises only when the fp32 graph itself cannot be
+    loaded or scored; every quantized failure is recorded on its Candidate.
+    """
+    t_start = time.perf_counter()
+    kind = _task_kind(task)
+    fp32_path = Path(fp32_path)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    ref = reference(fp32_path, sample, calibration, kind=kind, threads=threads, notes=notes)
+    graph, how = preprocess(fp32_path, workdir / "model.pre.onnx")
+    if not how.startswith("quant_pre_process"):
+        notes.append(how)
+    inp = RecipeInput(
+        fp32=fp32_path,
+        graph=graph,
+        workdir=workdir,
+        task=task,
+        op_types=recipes.default_op_types(task) if op_types is None else tuple(op_types),
+        calibration=ref.calibration,
+        transformer=transformer,
+    )
+    candidates, sessions = build_and_score(
+        ref, applicable(recipes.RECIPES, inp, notes), inp, threads
+    )
+    gate(candidates[1:], ref.candidate, kind, max_accuracy_drop, min_cosine)
+    timed = [c for c in candidates if c.recipe in sessions]
+    rounds = time_side_by_side(timed, sessions, ref, timing_repeats, timing_budget_s)
+    chosen, reason = choose(ref.candidate, candidates, ref.batch_n, min_speedup)
+    return Selection(
+        chosen=chosen,
+        candidates=candidates,
+        fp32=ref.candidate,
+        reason=reason,
+        task=task,
+        gate={"min_cosine": min_cosine}
+        if kind == "embedding"
+        else {"max_accuracy_drop": max_accuracy_drop},
+        preprocess=how,
+        timing={
+            "threads": threads or 1,
+            "batch_n": ref.batch_n,
+            "rounds": rounds,
+            "warmup_runs": WARMUP_RUNS,
+            "min_speedup": min_speedup,
+            "sample_rows": n_rows(ref.feeds),
+            "interleaved": True,
+        },
+        notes=notes,
+        total_s=time.perf_counter() - t_start,
     )
 
 
-def _feeds(sample: dict[str, np.ndarray], sess: ort.InferenceSession) -> dict[str, np.ndarray]:
-    """{input name: array} from the "input__<name>" keys, cast to the graph's dtypes."""
-    feeds: dict[str, np.ndarray] = {}
-    for i in sess.get_inputs():
-        key = INPUT_PREFIX + i.name
-        if key not in sample:
-            raise ValueError(f"sample has no {key!r} for model input {i.name!r}")
-        arr = np.asarray(sample[key])
-        dtype = _ORT_NUMPY.get(i.type)
-        if dtype is not None and arr.dtype != dtype:
-            arr = arr.astype(dtype)
-        feeds[i.name] = np.ascontiguousarray(arr)
-    rows = {a.shape[0] if a.ndim else 0 for a in feeds.values()}
-    if len(rows) != 1 or 0 in rows:
-        raise ValueError(f"sample inputs need one shared, non-zero row count; got {sorted(rows)}")
-    return feeds
+def _task_kind(task: str) -> str:
+    if task in CLASSIFICATION_TASKS:
+        return "classification"
+    if task in EMBEDDING_TASKS:
+        return "embedding"
+    raise ValueError(f"unknown task {task!r}")
 
 
-def _rows(feeds: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
-    return {k: v[start:stop] for k, v in feeds.items()}
+# --------------------------------------------------------------------------- 1. reference
 
 
-def _n_rows(feeds: dict[str, np.ndarray]) -> int:
-    return int(next(iter(feeds.values())).shape[0])
+def reference(
+    fp32_path: Path,
+    sample: dict[str, np.ndarray],
+    calibration: dict[str, np.ndarray] | None,
+    *,
+    kind: str,
+    threads: int | None,
+    notes: list[str],
+) -> Reference:
+    """Load, smoke-run and score the fp32 graph; raises when it cannot (nothing to compare to)."""
+    fp32 = Candidate(recipe=FP32, path=fp32_path, size_bytes=fp32_path.stat().st_size)
+    sess = _session(fp32_path, threads)
+    interface = _interface(sess)
+    feeds = feeds_for(sample, sess)
+    n = n_rows(feeds)
+    feeds1 = rows(feeds, 0, 1)
+    _smoke(sess, feeds1)
+    cal_feeds: Feeds | None = None
+    if calibration:
+        try:
+            cal_feeds = feeds_for(calibration, sess)
+        except ValueError as e:
+            notes.append(f"calibration data unusable ({e})")
+
+    targets: np.ndarray | None = None
+    if kind == "classification":
+        out_name = _prob_name(interface[1])
+        if TARGET_KEY in sample:
+            targets = np.asarray(sample[TARGET_KEY]).reshape(-1).astype(np.int64)
+            if targets.shape[0] != n:
+                raise ValueError(f"sample target has {targets.shape[0]} rows, inputs have {n}")
+        else:
+            notes.append("sample has no target: gate uses 1 - agreement with fp32")
+    else:
+        out_name = _embedding_name(interface[1])
+    batch_n = min(BATCH_N, n)
+    ref = Reference(
+        candidate=fp32,
+        session=sess,
+        interface=interface,
+        kind=kind,
+        feeds=feeds,
+        feeds1=feeds1,
+        feeds_n=rows(feeds, 0, batch_n),
+        batch_n=batch_n,
+        calibration=cal_feeds,
+        output=out_name,
+        expected=_run_output(sess, feeds, out_name),
+        targets=targets,
+    )
+    fp32.quality = ref.score(ref.expected)
+    fp32.passed_gate = True
+    fp32.reason = "reference"
+    return ref
 
 
-def _run_output(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], name: str) -> np.ndarray:
-    n = _n_rows(feeds)
-    parts = [
-        np.asarray(sess.run([name], _rows(feeds, s, s + EVAL_CHUNK_ROWS))[0])
-        for s in range(0, n, EVAL_CHUNK_ROWS)
-    ]
-    return np.concatenate(parts, axis=0)
-
-
-def _smoke(sess: ort.InferenceSession, feeds1: dict[str, np.ndarray]) -> list[Any]:
-    """One batch-1 run fetching every output (the label head included)."""
-    return list(sess.run(None, feeds1))
-
-
-# --------------------------------------------------------------------------- building
-
-
-def _preprocess(fp32_path: Path, out: Path) -> tuple[Path, str]:
+def preprocess(fp32_path: Path, out: Path) -> tuple[Path, str]:
+    """The graph the recipes quantize, and how it was prepared (a manifest note)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     errors: list[str] = []
@@ -251,131 +347,88 @@ def _preprocess(fp32_path: Path, out: Path) -> tuple[Path, str]:
     return fp32_path, "none: quant_pre_process failed (" + " | ".join(errors) + "); raw graph"
 
 
-class _NpzReader:
-    """CalibrationDataReader over calibration.npz, in batches of CALIBRATION_BATCH_ROWS."""
-
-    def __init__(self, feeds: dict[str, np.ndarray]) -> None:
-        self.feeds = _rows(feeds, 0, CALIBRATION_MAX_ROWS)
-        self.n = _n_rows(self.feeds)
-        self._it: Iterator[dict[str, np.ndarray]] = iter(())
-        self.rewind()
-
-    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
-        for s in range(0, self.n, CALIBRATION_BATCH_ROWS):
-            yield _rows(self.feeds, s, s + CALIBRATION_BATCH_ROWS)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = self._batches()
+# --------------------------------------------------------------------------- 2. build and score
 
 
-def _calibration_reader(feeds: dict[str, np.ndarray]) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Reader(_NpzReader, CalibrationDataReader):
-        pass
-
-    return Reader(feeds)
-
-
-def _build_dynamic(
-    src: Path,
-    dst: Path,
-    *,
-    per_channel: bool,
-    op_types: Sequence[str],
-    extra_options: dict[str, Any] | None = None,
-) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        op_types_to_quantize=list(op_types),
-        per_channel=per_channel,
-        weight_type=QuantType.QInt8,
-        extra_options=extra_options,
-    )
+def applicable(registry: Sequence[Recipe], inp: RecipeInput, notes: list[str]) -> list[Recipe]:
+    """The recipes that apply to this model, in registry order; a skip is noted when it says why."""
+    chosen = []
+    for recipe in registry:
+        if recipe.applies(inp):
+            chosen.append(recipe)
+        elif recipe.skipped:
+            notes.append(f"skipped {recipe.name}: {recipe.skipped}")
+    return chosen
 
 
-def _build_fused_dynamic(
-    src: Path,
-    dst: Path,
-    *,
-    transformer: dict[str, Any],
-    op_types: Sequence[str],
-    workdir: Path,
-) -> str:
-    """ONNX Runtime's transformer fusions on the fp32 graph, then dynamic int8 per channel.
-
-    Python-level fusions only (opt_level 0): the session applies its own graph optimisations
-    when it loads the file. SkipLayerNormalization stays unfused, as in serving sessions
-    (maas.serving.ortsession says why). Returns the fused operator counts (the candidate's note);
-    raises when attention did not fuse, since the candidate would then be
-    dynamic-int8-per-channel again.
-    """
-    from onnx import TensorProto
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model as fuse
-
-    model_type = str(transformer["model_type"])
-    options = FusionOptions(model_type)
-    options.enable_skip_layer_norm = False
-    fused = fuse(
-        str(src),
-        model_type=model_type,
-        num_heads=int(transformer.get("num_heads") or 0),
-        hidden_size=int(transformer.get("hidden_size") or 0),
-        optimization_options=options,
-        opt_level=0,
-        use_gpu=False,
-    )
-    stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
-    if not stats.get("Attention"):
-        raise ValueError(f"attention did not fuse (fused: {stats or 'nothing'})")
-    fused_path = workdir / "model.fused.onnx"
-    fused.save_model_to_file(str(fused_path))
-    # Shape inference cannot type the outputs of contrib ops (Attention, BiasGelu): the
-    # tensors it leaves untyped are fp32 activations.
-    _build_dynamic(
-        fused_path,
-        dst,
-        per_channel=True,
-        op_types=(*op_types, "Attention"),
-        extra_options={"DefaultTensorType": TensorProto.FLOAT},
-    )
-    return "fused " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items()))
+def build_and_score(
+    ref: Reference, to_build: Sequence[Recipe], inp: RecipeInput, threads: int | None
+) -> tuple[list[Candidate], Sessions]:
+    """fp32 first, then one candidate per recipe; the sessions of those that built and ran."""
+    candidates = [ref.candidate]
+    sessions: Sessions = {FP32: ref.session}
+    for recipe in to_build:
+        cand, sess = _build_one(recipe, ref, inp, threads)
+        candidates.append(cand)
+        if sess is not None:
+            sessions[recipe.name] = sess
+    return candidates, sessions
 
 
-def _build_static(
-    src: Path, dst: Path, *, calibration: dict[str, np.ndarray], op_types: Sequence[str]
-) -> str:
-    """QDQ, per-channel int8 weights; uint8 activations, falling back to int8. Returns a note."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    errors: list[str] = []
-    for act in (QuantType.QUInt8, QuantType.QInt8):
-        try:
-            quantize_static(
-                str(src),
-                str(dst),
-                _calibration_reader(calibration),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(op_types),
-                per_channel=True,
-                activation_type=act,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+def _build_one(
+    recipe: Recipe, ref: Reference, inp: RecipeInput, threads: int | None
+) -> tuple[Candidate, ort.InferenceSession | None]:
+    """Build, load, check the interface, smoke-run and score; a failure is recorded, not raised."""
+    cand = Candidate(recipe=recipe.name, path=inp.workdir / f"model.{recipe.name}.onnx")
+    t0 = time.perf_counter()
+    stage = "build"
+    try:
+        build_note = recipe.build(inp, cand.path)
+        cand.build_s = time.perf_counter() - t0
+        cand.size_bytes = cand.path.stat().st_size
+        stage = "load"
+        sess = _session(cand.path, threads)
+        if _interface(sess) != ref.interface:
+            raise ValueError(
+                f"interface changed: {_interface(sess)} != {ref.interface} (inputs, outputs)"
             )
-            return f"activations {act.name}"
-        except Exception as e:
-            errors.append(f"{act.name}: {type(e).__name__}: {e}"[:300])
-    raise RuntimeError("quantize_static failed: " + " | ".join(errors))
+        stage = "run"
+        _smoke(sess, ref.feeds1)
+        cand.quality = ref.score(_run_output(sess, ref.feeds, ref.output))
+        cand.note = build_note or ""
+        return cand, sess
+    except Exception as e:
+        cand.build_s = cand.build_s or time.perf_counter() - t0
+        cand.error = f"{stage}: {type(e).__name__}: {e}"[:1000]
+        cand.reason = f"failed to {stage}"
+        log.warning("candidate %s failed to %s: %s", recipe.name, stage, e)
+        return cand, None
 
 
-# --------------------------------------------------------------------------- quality
+def _session(path: Path, threads: int | None) -> ort.InferenceSession:
+    """The serving function's session (maas.serving.ortsession): candidates are timed as served."""
+    return new_session(path, threads or 1)
+
+
+def _interface(sess: ort.InferenceSession) -> Interface:
+    return (
+        [(i.name, i.type) for i in sess.get_inputs()],
+        [(o.name, o.type) for o in sess.get_outputs()],
+    )
+
+
+def _run_output(sess: ort.InferenceSession, feeds: Feeds, name: str) -> np.ndarray:
+    n = n_rows(feeds)
+    parts = [
+        np.asarray(sess.run([name], rows(feeds, s, s + EVAL_CHUNK_ROWS))[0])
+        for s in range(0, n, EVAL_CHUNK_ROWS)
+    ]
+    return np.concatenate(parts, axis=0)
+
+
+def _smoke(sess: ort.InferenceSession, feeds1: Feeds) -> list[Any]:
+    """One batch-1 run fetching every output (the label head included)."""
+    return list(sess.run(None, feeds1))
 
 
 def _prob_name(outputs: list[tuple[str, str]]) -> str:
@@ -403,163 +456,18 @@ def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(cos)
 
 
-def _percentile_ms(ns: list[int], q: float) -> float:
-    return float(np.percentile(np.asarray(ns, dtype=np.float64), q)) / 1e6
+# --------------------------------------------------------------------------- 3. gate
 
 
-# --------------------------------------------------------------------------- main
-
-
-def optimize_model(
-    fp32_path: Path,
-    sample: dict[str, np.ndarray],
-    calibration: dict[str, np.ndarray] | None,
-    workdir: Path,
-    *,
-    task: str = "classification",
-    max_accuracy_drop: float = 0.01,
-    min_cosine: float = 0.99,
-    threads: int | None = None,
-    timing_repeats: int = 200,
-    timing_budget_s: float = 20.0,
-    min_speedup: float = 1.05,
-    op_types: Sequence[str] | None = None,
-    transformer: dict[str, Any] | None = None,
-) -> Selection:
-    """Build the candidates, score and time them side by side, choose one (see module doc).
-
-    ``timing_repeats`` is the number of interleaved rounds (each times every candidate once
-    at batch 1 and once at batch N); rounds stop early once ``timing_budget_s`` is spent
-    (never fewer than MIN_TIMING_ROUNDS). Raises only when the fp32 graph itself cannot be
-    loaded or scored; every quantized failure is recorded on its Candidate.
-    """
-    t_start = time.perf_counter()
-    if task in CLASSIFICATION_TASKS:
-        kind = "classification"
-    elif task in EMBEDDING_TASKS:
-        kind = "embedding"
-    else:
-        raise ValueError(f"unknown task {task!r}")
-    if op_types is None:
-        # Text models keep most of their weights in an embedding table: Gather too.
-        op_types = CLASSIFICATION_OP_TYPES if task == "classification" else EMBEDDING_OP_TYPES
-    fp32_path = Path(fp32_path)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = []
-
-    # ---- fp32 reference
-    fp32 = Candidate(recipe=FP32, path=fp32_path, size_bytes=fp32_path.stat().st_size)
-    fp32_sess = _session(fp32_path, threads)
-    interface = _interface(fp32_sess)
-    feeds = _feeds(sample, fp32_sess)
-    n = _n_rows(feeds)
-    batch_n = min(BATCH_N, n)
-    feeds1 = _rows(feeds, 0, 1)
-    feeds_n = _rows(feeds, 0, batch_n)
-    _smoke(fp32_sess, feeds1)
-    cal_feeds: dict[str, np.ndarray] | None = None
-    if calibration:
-        try:
-            cal_feeds = _feeds(calibration, fp32_sess)
-        except ValueError as e:
-            notes.append(f"calibration data unusable ({e})")
-
-    targets: np.ndarray | None = None
-    if kind == "classification":
-        out_name = _prob_name(interface[1])
-        if TARGET_KEY in sample:
-            targets = np.asarray(sample[TARGET_KEY]).reshape(-1).astype(np.int64)
-            if targets.shape[0] != n:
-                raise ValueError(f"sample target has {targets.shape[0]} rows, inputs have {n}")
-        else:
-            notes.append("sample has no target: gate uses 1 - agreement with fp32")
-    else:
-        out_name = _embedding_name(interface[1])
-    ref = _run_output(fp32_sess, feeds, out_name)
-    ref_pred = ref.reshape(n, -1).argmax(axis=1) if kind == "classification" else None
-
-    def score(out: np.ndarray) -> dict[str, float]:
-        if kind == "classification":
-            assert ref_pred is not None
-            pred = out.reshape(n, -1).argmax(axis=1)
-            q = {"agreement": float(np.mean(pred == ref_pred))}
-            if targets is not None:
-                q = {"accuracy": float(np.mean(pred == targets)), **q}
-            return q
-        cos = _cosine_rows(out, ref)
-        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
-
-    fp32.quality = score(ref)
-    fp32.passed_gate = True
-    fp32.reason = "reference"
-
-    # ---- preprocess + build
-    pre_path, preprocess = _preprocess(fp32_path, workdir / "model.pre.onnx")
-    if not preprocess.startswith("quant_pre_process"):
-        notes.append(preprocess)
-
-    builders: list[tuple[str, Callable[[Path], str | None]]] = [
-        (
-            DYNAMIC_PER_TENSOR,
-            lambda dst: _build_dynamic(pre_path, dst, per_channel=False, op_types=op_types),
-        ),
-        (
-            DYNAMIC_PER_CHANNEL,
-            lambda dst: _build_dynamic(pre_path, dst, per_channel=True, op_types=op_types),
-        ),
-    ]
-    if cal_feeds is not None:
-        cal = cal_feeds
-        builders.append(
-            (
-                STATIC_QDQ_PER_CHANNEL,
-                lambda dst: _build_static(pre_path, dst, calibration=cal, op_types=op_types),
-            )
-        )
-    else:
-        notes.append(f"skipped {STATIC_QDQ_PER_CHANNEL}: no calibration data")
-    if transformer and transformer.get("model_type") in FUSABLE_MODEL_TYPES:
-        arch = transformer
-        builders.append(
-            (
-                FUSED_DYNAMIC_PER_CHANNEL,
-                lambda dst: _build_fused_dynamic(
-                    fp32_path, dst, transformer=arch, op_types=op_types, workdir=workdir
-                ),
-            )
-        )
-
-    candidates = [fp32]
-    sessions: dict[str, ort.InferenceSession] = {FP32: fp32_sess}
-    for recipe, build in builders:
-        cand = Candidate(recipe=recipe, path=workdir / f"model.{recipe}.onnx")
-        candidates.append(cand)
-        t0 = time.perf_counter()
-        stage = "build"
-        try:
-            build_note = build(cand.path)
-            cand.build_s = time.perf_counter() - t0
-            cand.size_bytes = cand.path.stat().st_size
-            stage = "load"
-            sess = _session(cand.path, threads)
-            if _interface(sess) != interface:
-                raise ValueError(
-                    f"interface changed: {_interface(sess)} != {interface} (inputs, outputs)"
-                )
-            stage = "run"
-            _smoke(sess, feeds1)
-            cand.quality = score(_run_output(sess, feeds, out_name))
-            sessions[recipe] = sess
-            cand.note = build_note or ""
-        except Exception as e:
-            cand.build_s = cand.build_s or time.perf_counter() - t0
-            cand.error = f"{stage}: {type(e).__name__}: {e}"[:1000]
-            cand.reason = f"failed to {stage}"
-            log.warning("candidate %s failed to %s: %s", recipe, stage, e)
-
-    # ---- gate
-    for cand in candidates[1:]:
+def gate(
+    quantized: Sequence[Candidate],
+    fp32: Candidate,
+    kind: str,
+    max_accuracy_drop: float,
+    min_cosine: float,
+) -> None:
+    """Set passed_gate and the reason on every candidate that built and ran."""
+    for cand in quantized:
         if not cand.ok:
             continue
         if kind == "classification":
@@ -580,48 +488,19 @@ def optimize_model(
                 f"cosine mean {cm:.4f} {op} {min_cosine:.4f} (min {cand.quality['cosine_min']:.4f})"
             )
 
-    # ---- latency, interleaved
-    timed = [c for c in candidates if c.recipe in sessions]
-    rounds = _time_side_by_side(
-        timed, sessions, feeds1, feeds_n, timing_repeats, timing_budget_s, batch_n
-    )
 
-    # ---- choice
-    chosen, reason = _choose(fp32, candidates, batch_n, min_speedup)
-    return Selection(
-        chosen=chosen,
-        candidates=candidates,
-        fp32=fp32,
-        reason=reason,
-        task=task,
-        gate={"min_cosine": min_cosine}
-        if kind == "embedding"
-        else {"max_accuracy_drop": max_accuracy_drop},
-        preprocess=preprocess,
-        timing={
-            "threads": threads or 1,
-            "batch_n": batch_n,
-            "rounds": rounds,
-            "warmup_runs": WARMUP_RUNS,
-            "min_speedup": min_speedup,
-            "sample_rows": n,
-            "interleaved": True,
-        },
-        notes=notes,
-        total_s=time.perf_counter() - t_start,
-    )
+# --------------------------------------------------------------------------- 4. time
 
 
-def _time_side_by_side(
+def time_side_by_side(
     timed: list[Candidate],
-    sessions: dict[str, ort.InferenceSession],
-    feeds1: dict[str, np.ndarray],
-    feeds_n: dict[str, np.ndarray],
+    sessions: Sessions,
+    ref: Reference,
     repeats: int,
     budget_s: float,
-    batch_n: int,
 ) -> int:
     """Round-robin timing; the first candidate of each round rotates. Returns rounds run."""
+    feeds1, feeds_n = ref.feeds1, ref.feeds_n
     b1: dict[str, list[int]] = {c.recipe: [] for c in timed}
     bn: dict[str, list[int]] = {c.recipe: [] for c in timed}
     for c in timed:  # warm-up: allocations, kernel selection, caches
@@ -658,9 +537,16 @@ def _time_side_by_side(
             "batch1_p90": _percentile_ms(b1[c.recipe], 90),
             "batchN_p50": _percentile_ms(bn[c.recipe], 50),
             "batchN_p90": _percentile_ms(bn[c.recipe], 90),
-            "batchN_rows": float(batch_n),
+            "batchN_rows": float(ref.batch_n),
         }
     return rounds
+
+
+def _percentile_ms(ns: list[int], q: float) -> float:
+    return float(np.percentile(np.asarray(ns, dtype=np.float64), q)) / 1e6
+
+
+# --------------------------------------------------------------------------- 5. choose
 
 
 def _speedups(fp32: Candidate, c: Candidate) -> tuple[float, float]:
@@ -669,7 +555,7 @@ def _speedups(fp32: Candidate, c: Candidate) -> tuple[float, float]:
     return s1, sn
 
 
-def _choose(
+def choose(
     fp32: Candidate,
     candidates: list[Candidate],
     batch_n: int,

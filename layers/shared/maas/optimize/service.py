@@ -7,7 +7,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
@@ -37,6 +37,9 @@ from maas.core.registry import (
 )
 from maas.core.storage import Storage, parse_s3_uri, sha256_file
 from maas.ingest.jobspec import JobSpec
+
+if TYPE_CHECKING:
+    from maas.optimize.quantize import Selection
 
 logger = Logger(child=True)
 ACTOR = "pipeline:optimize"
@@ -90,14 +93,7 @@ class Optimizer:
             return self._optimize(name, model, version, detail)
         except Exception as e:  # any crash must leave a recorded reason, never a stuck version
             logger.exception("optimize failed")
-            self.registry.transition(
-                model,
-                version,
-                expected=(OPTIMIZING,),
-                status=FAILED,
-                actor=ACTOR,
-                reason=f"optimize failed: {e}",
-            )
+            self._settle(model, version, FAILED, f"optimize failed: {e}")
             return Outcome(name, "failed", model, version, str(e))
 
     def _finish_failed(self, name: str, model: str, version: int, reason: str) -> Outcome:
@@ -115,11 +111,6 @@ class Optimizer:
         return Outcome(name, "failed", model, version, reason)
 
     def _optimize(self, name: str, model: str, version: int, detail: dict[str, Any]) -> Outcome:
-        from maas.optimize.quantize import (  # onnx is heavy: only on this path
-            load_npz,
-            optimize_model,
-        )
-
         record = self.registry.get_version(model, version)
         spec = JobSpec.model_validate(record.summary.get("spec") or {})
         artifact_uri = (detail.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
@@ -127,118 +118,65 @@ class Optimizer:
             raise ValueError("the completion event names no model artifact")
         with tempfile.TemporaryDirectory(prefix="maas-opt-") as tmp:
             work = Path(tmp)
-            model_dir = self._fetch_artifact(artifact_uri, work)
-            metrics = json.loads((model_dir / METRICS_FILE).read_text())
-            labels = json.loads((model_dir / LABELS_FILE).read_text())
-            schema = json.loads((model_dir / SCHEMA_FILE).read_text())
-            fp32_accuracy = float(metrics.get("test_accuracy", 0.0))
-            sample = load_npz(model_dir / SAMPLE_FILE)
-            calib_path = model_dir / CALIBRATION_FILE
-            calibration = load_npz(calib_path) if calib_path.exists() else None
-            selection = optimize_model(
-                model_dir / MODEL_FILE,
-                sample,
-                calibration,
-                work / "candidates",
-                task=spec.task,
-                max_accuracy_drop=spec.quality_gate.max_accuracy_drop,
-                min_cosine=spec.quality_gate.min_cosine,
-                transformer=schema.get("transformer"),
+            trained = self._fetch_artifact(artifact_uri, work)
+            selection = _select(trained, spec, work / "candidates")
+            digest = sha256_file(selection.chosen.path)
+            prefix_uri = f"s3://{self.settings.artifact_bucket}/{model_prefix(model, version)}"
+            summary = _summary(name, spec, trained, selection, digest, prefix_uri)
+            rejection = _rejection(spec, trained)
+            if rejection:
+                self._settle(model, version, REJECTED, rejection, summary)
+                return Outcome(name, "rejected", model, version, rejection)
+            manifest = _manifest(
+                name, model, version, record.source, spec, trained, selection, digest
             )
-            chosen = selection.chosen
-            digest = sha256_file(chosen.path)
-            text = self._text_files(model_dir)
-            plot = model_dir / PLOT_FILE
-            manifest = {
-                "model": model,
-                "version": version,
-                "task": spec.task,
-                "created_at": now_iso(),
-                "training_job": name,
-                "source": record.source,
-                "platform": "onnxruntime_onnx",
-                "inputs": schema.get("inputs"),
-                "outputs": schema.get("outputs"),
-                "features": schema.get("features"),
-                "labels": labels,
-                "label_column": schema.get("label_column"),
-                "training_metrics": metrics,
-                "quantization": selection.to_manifest(),
-                "recipe": chosen.recipe,
-                "fp32_size_bytes": selection.fp32.size_bytes,
-                "size_bytes": chosen.size_bytes,
-                "sha256": digest,
-                "quality_gate": spec.quality_gate.model_dump(),
-            }
-            if text:
-                # The BYTES input is turned into the graph's inputs by this spec (and file).
-                manifest["text"] = {
-                    "spec": json.loads((model_dir / TEXT_SPEC_FILE).read_text()),
-                    "files": {name: sha256_file(path) for name, path in text.items()},
-                }
-                manifest["graph_inputs"] = schema.get("graph_inputs")
-            if plot.is_file():
-                manifest["plot"] = PLOT_FILE
-            served_quality = chosen.quality
-            summary = {
-                "spec": spec.model_dump(),
-                "recipe": chosen.recipe,
-                "sha256": digest,
-                "size_bytes": chosen.size_bytes,
-                "fp32_size_bytes": selection.fp32.size_bytes,
-                "fp32_test_accuracy": fp32_accuracy,
-                "served_quality": served_quality,
-                "latency_ms": chosen.latency_ms,
-                "manifest": f"s3://{self.settings.artifact_bucket}/"
-                f"{model_prefix(model, version)}{MANIFEST_FILE}",
-                "training_job": name,
-            }
-            if plot.is_file():
-                prefix_uri = f"s3://{self.settings.artifact_bucket}/{model_prefix(model, version)}"
-                summary["plot"] = prefix_uri + PLOT_FILE
-            if fp32_accuracy < spec.quality_gate.min_accuracy:
-                reason = (
-                    f"fp32 test accuracy {fp32_accuracy:.4f} is below the gate's "
-                    f"min_accuracy {spec.quality_gate.min_accuracy:.4f}"
-                )
-                self.registry.transition(
-                    model,
-                    version,
-                    expected=(OPTIMIZING,),
-                    status=REJECTED,
-                    actor=ACTOR,
-                    reason=reason,
-                    summary=summary,
-                )
-                return Outcome(name, "rejected", model, version, reason)
-            prefix = model_prefix(model, version)
-            bucket = self.settings.artifact_bucket
-            # The model first, the manifest last: a manifest always points at a complete model.
-            self.storage.upload(
-                chosen.path, bucket, prefix + MODEL_FILE, metadata={"sha256": digest}
-            )
-            for file_name, path in text.items():
-                self.storage.upload(path, bucket, prefix + file_name)
-            if plot.is_file():
-                self.storage.upload(plot, bucket, prefix + PLOT_FILE)
-            self.storage.put_bytes(
-                bucket,
-                prefix + MANIFEST_FILE,
-                json.dumps(manifest, indent=2).encode(),
-                content_type="application/json",
-            )
-        reason = selection.reason
+            self._publish(model, version, trained, selection.chosen.path, digest, manifest)
+        self._settle(model, version, READY, selection.reason, summary)
+        promoted = spec.auto_promote and self._promote(model, version)
+        return Outcome(name, "ready", model, version, selection.reason, promoted)
+
+    def _settle(
+        self,
+        model: str,
+        version: int,
+        status: str,
+        reason: str,
+        summary: dict[str, Any] | None = None,
+    ) -> None:
+        """OPTIMIZING -> ``status``, the optimizer's last word on the version."""
         self.registry.transition(
             model,
             version,
             expected=(OPTIMIZING,),
-            status=READY,
+            status=status,
             actor=ACTOR,
             reason=reason,
             summary=summary,
         )
-        promoted = spec.auto_promote and self._promote(model, version)
-        return Outcome(name, "ready", model, version, reason, promoted)
+
+    def _publish(
+        self,
+        model: str,
+        version: int,
+        trained: Trained,
+        chosen: Path,
+        digest: str,
+        manifest: dict[str, Any],
+    ) -> None:
+        """The model first, the manifest last: a manifest always points at a complete model."""
+        prefix = model_prefix(model, version)
+        bucket = self.settings.artifact_bucket
+        self.storage.upload(chosen, bucket, prefix + MODEL_FILE, metadata={"sha256": digest})
+        for file_name, path in trained.text_files.items():
+            self.storage.upload(path, bucket, prefix + file_name)
+        if trained.plot:
+            self.storage.upload(trained.plot, bucket, prefix + PLOT_FILE)
+        self.storage.put_bytes(
+            bucket,
+            prefix + MANIFEST_FILE,
+            json.dumps(manifest, indent=2).encode(),
+            content_type="application/json",
+        )
 
     def _promote(self, model: str, version: int) -> bool:
         """Auto-promotion; a concurrent alias move (a person promoting) is retried, not fatal."""
@@ -252,22 +190,8 @@ class Optimizer:
                 logger.warning("promotion raced; retrying", extra={"why": str(e)})
         return False
 
-    @staticmethod
-    def _text_files(model_dir: Path) -> dict[str, Path]:
-        """text.json and the tokenizer file it names, when the model takes text."""
-        spec_path = model_dir / TEXT_SPEC_FILE
-        if not spec_path.is_file():
-            return {}
-        spec = json.loads(spec_path.read_text())
-        files = {TEXT_SPEC_FILE: spec_path}
-        if spec.get("file"):
-            name = str(spec["file"])
-            if name != TOKENIZER_FILE or not (model_dir / name).is_file():
-                raise ValueError(f"text.json names {name!r}, which the artifact does not hold")
-            files[name] = model_dir / name
-        return files
-
-    def _fetch_artifact(self, uri: str, work: Path) -> Path:
+    def _fetch_artifact(self, uri: str, work: Path) -> Trained:
+        """model.tar.gz, downloaded, unpacked under ``work`` and checked for what it must hold."""
         bucket, key = parse_s3_uri(uri)
         tarball = self.storage.download(bucket, key, work / "model.tar.gz")
         if tarball.stat().st_size > MAX_ARTIFACT_BYTES:
@@ -286,4 +210,140 @@ class Optimizer:
         ]
         if missing:
             raise ValueError(f"model.tar.gz lacks {', '.join(missing)}")
-        return model_dir
+        text_spec, text_files = _text_files(model_dir)
+        plot = model_dir / PLOT_FILE
+        return Trained(
+            dir=model_dir,
+            metrics=json.loads((model_dir / METRICS_FILE).read_text()),
+            labels=json.loads((model_dir / LABELS_FILE).read_text()),
+            schema=json.loads((model_dir / SCHEMA_FILE).read_text()),
+            text_spec=text_spec,
+            text_files=text_files,
+            plot=plot if plot.is_file() else None,
+        )
+
+
+@dataclass(frozen=True)
+class Trained:
+    """The training job's model directory, unpacked and read."""
+
+    dir: Path
+    metrics: dict[str, Any]
+    labels: Any
+    schema: dict[str, Any]
+    text_spec: dict[str, Any] | None  # text.json, when the model takes text
+    text_files: dict[str, Path]  # text.json and the tokenizer file it names, published beside
+    plot: Path | None  # training.png, when the job drew one
+
+    @property
+    def fp32_accuracy(self) -> float:
+        return float(self.metrics.get("test_accuracy", 0.0))
+
+
+def _text_files(model_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Path]]:
+    spec_path = model_dir / TEXT_SPEC_FILE
+    if not spec_path.is_file():
+        return None, {}
+    spec = json.loads(spec_path.read_text())
+    files = {TEXT_SPEC_FILE: spec_path}
+    if spec.get("file"):
+        name = str(spec["file"])
+        if name != TOKENIZER_FILE or not (model_dir / name).is_file():
+            raise ValueError(f"text.json names {name!r}, which the artifact does not hold")
+        files[name] = model_dir / name
+    return spec, files
+
+
+def _select(trained: Trained, spec: JobSpec, workdir: Path) -> Selection:
+    """The recipe search over the trained graph, with the job's quality gate."""
+    from maas.optimize.feeds import load_npz
+    from maas.optimize.quantize import optimize_model  # onnx is heavy: only on this path
+
+    calib_path = trained.dir / CALIBRATION_FILE
+    return optimize_model(
+        trained.dir / MODEL_FILE,
+        load_npz(trained.dir / SAMPLE_FILE),
+        load_npz(calib_path) if calib_path.exists() else None,
+        workdir,
+        task=spec.task,
+        max_accuracy_drop=spec.quality_gate.max_accuracy_drop,
+        min_cosine=spec.quality_gate.min_cosine,
+        transformer=trained.schema.get("transformer"),
+    )
+
+
+def _rejection(spec: JobSpec, trained: Trained) -> str:
+    """Why the version is rejected before publishing, or "" when it is not."""
+    if trained.fp32_accuracy >= spec.quality_gate.min_accuracy:
+        return ""
+    return (
+        f"fp32 test accuracy {trained.fp32_accuracy:.4f} is below the gate's "
+        f"min_accuracy {spec.quality_gate.min_accuracy:.4f}"
+    )
+
+
+def _manifest(
+    job: str,
+    model: str,
+    version: int,
+    source: str,
+    spec: JobSpec,
+    trained: Trained,
+    selection: Selection,
+    digest: str,
+) -> dict[str, Any]:
+    """manifest.json: what serving loads the version by, and how it was chosen."""
+    chosen, schema = selection.chosen, trained.schema
+    manifest = {
+        "model": model,
+        "version": version,
+        "task": spec.task,
+        "created_at": now_iso(),
+        "training_job": job,
+        "source": source,
+        "platform": "onnxruntime_onnx",
+        "inputs": schema.get("inputs"),
+        "outputs": schema.get("outputs"),
+        "features": schema.get("features"),
+        "labels": trained.labels,
+        "label_column": schema.get("label_column"),
+        "training_metrics": trained.metrics,
+        "quantization": selection.to_manifest(),
+        "recipe": chosen.recipe,
+        "fp32_size_bytes": selection.fp32.size_bytes,
+        "size_bytes": chosen.size_bytes,
+        "sha256": digest,
+        "quality_gate": spec.quality_gate.model_dump(),
+    }
+    if trained.text_files:
+        # The BYTES input is turned into the graph's inputs by this spec (and file).
+        manifest["text"] = {
+            "spec": trained.text_spec,
+            "files": {name: sha256_file(path) for name, path in trained.text_files.items()},
+        }
+        manifest["graph_inputs"] = schema.get("graph_inputs")
+    if trained.plot:
+        manifest["plot"] = PLOT_FILE
+    return manifest
+
+
+def _summary(
+    job: str, spec: JobSpec, trained: Trained, selection: Selection, digest: str, prefix_uri: str
+) -> dict[str, Any]:
+    """The registry row's summary of the version (``prefix_uri``: its S3 folder)."""
+    chosen = selection.chosen
+    summary = {
+        "spec": spec.model_dump(),
+        "recipe": chosen.recipe,
+        "sha256": digest,
+        "size_bytes": chosen.size_bytes,
+        "fp32_size_bytes": selection.fp32.size_bytes,
+        "fp32_test_accuracy": trained.fp32_accuracy,
+        "served_quality": chosen.quality,
+        "latency_ms": chosen.latency_ms,
+        "manifest": prefix_uri + MANIFEST_FILE,
+        "training_job": job,
+    }
+    if trained.plot:
+        summary["plot"] = prefix_uri + PLOT_FILE
+    return summary

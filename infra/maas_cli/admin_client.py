@@ -12,7 +12,7 @@ import os
 from typing import Any
 from urllib.parse import quote
 
-from .connect import StackHandle
+from maas_cli.connect import StackHandle
 
 
 class AdminError(RuntimeError):
@@ -33,7 +33,7 @@ class HttpAdmin:
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         import requests
 
-        from .sigv4 import sign
+        from maas_cli.sigv4 import sign
 
         credentials = self.session.get_credentials()
         if credentials is None:

@@ -1,116 +1,50 @@
-"""`maas`: the command line for the local stack and for a deployed stack."""
+"""`maas`: the operator's command line, against the local stack or a deployed one alike.
+
+Every command but `maas local up` and `maas demo` talks to a stack only through its AWS APIs
+and its HTTP API (found by `maas_cli.connect`); those two start the local emulator.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from .connect import StackHandle, StackNotFound, connect
+from maas_cli.connect import StackNotFound, connect
+from maas_cli.runs import last_job, upload, wait_for
 
-PROMOTION_GRACE_S = 15.0
-STATE_DIR = Path(os.environ.get("MAAS_STATE_DIR", Path.home() / ".cache" / "maas"))
-
-
-def _registry(stack: StackHandle) -> Any:
-    from maas.core.registry import Registry
-
-    return Registry(stack.outputs["RegistryTableName"], client=stack.client("dynamodb"))
-
-
-# --- local up -----------------------------------------------------------------------------
+# --- the local emulator (maas_local): imported only by these two commands -------------------
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
-    import logging
+    from maas_local.foreground import run
 
-    from .stack import LocalStack, LocalStackConfig
-
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    return run(
+        args.aws_port, args.api_port, Path(args.workdir), verbose=args.verbose, reset=args.reset
     )
-    cfg = LocalStackConfig(
-        aws_port=args.aws_port,
-        api_port=args.api_port,
-        workdir=Path(args.workdir),
-        quiet_functions=not args.verbose,
-    )
-    stack = LocalStack(cfg).start()
-    print(f"maas local stack '{cfg.stack_name}' is up", flush=True)
-    print(f"  AWS endpoint : {stack.aws_url}   (export AWS_ENDPOINT_URL={stack.aws_url})")
-    print(f"  API          : {stack.api_url}/v2")
-    print(f"  admin API    : {stack.api_url}/admin   (SigV4-signed: `maas models`, `maas promote`)")
-    print(f"  data bucket  : s3://{stack.outputs['DataBucketName']}/datasets/<model>/")
-    print("Ctrl-C to stop.", flush=True)
-    stop = False
 
-    def _stop(*_: Any) -> None:
-        nonlocal stop
-        stop = True
 
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        while not stop:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    stack.stop()
-    return 0
+def cmd_local_status(args: argparse.Namespace) -> int:
+    from maas_local.status import print_status
+
+    return print_status(Path(args.workdir))
+
+
+def cmd_local_logs(args: argparse.Namespace) -> int:
+    from maas_local.status import print_logs
+
+    return print_logs(Path(args.workdir), follow=args.follow)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from maas_local.demo import run_demo
+
+    return run_demo(timeout=args.timeout)
 
 
 # --- upload / wait --------------------------------------------------------------------------
-
-
-def upload(
-    stack: StackHandle,
-    path: Path,
-    model: str,
-    *,
-    label: str | None = None,
-    run: str | None = None,
-    job: dict[str, Any] | None = None,
-) -> str:
-    """Upload a dataset; returns the training job name the upload maps to."""
-    from maas.core.names import check_model_name, check_run_name, job_name
-    from maas.ingest.uploads import Upload, classify
-
-    check_model_name(model)
-    s3 = stack.client("s3")
-    bucket = stack.outputs["DataBucketName"]
-    if run is None and job is None:
-        key = f"datasets/{model}/{path.name}"
-        extra = {"Metadata": {"label": label}} if label else {}
-        s3.upload_file(str(path), bucket, key, ExtraArgs=extra or None)
-        trigger = key
-    else:
-        run = check_run_name(run or time.strftime("run-%Y%m%d-%H%M%S"))
-        s3.upload_file(str(path), bucket, f"datasets/{model}/{run}/{path.name}")
-        spec = dict(job or {})
-        if label:
-            spec.setdefault("label", label)
-        trigger = f"datasets/{model}/{run}/job.json"
-        s3.put_object(
-            Bucket=bucket,
-            Key=trigger,
-            Body=json.dumps(spec).encode(),
-            ContentType="application/json",
-        )
-    head = s3.head_object(Bucket=bucket, Key=trigger)
-    upload_ = classify(bucket, trigger)
-    assert isinstance(upload_, Upload), upload_  # the keys above always start a run
-    identity = head.get("VersionId") or head["ETag"].strip('"')
-    if identity == "null":
-        identity = head["ETag"].strip('"')
-    name = job_name(model, upload_.run, identity)
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    (STATE_DIR / f"last-job-{stack.name}-{model}").write_text(name)
-    return name
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
@@ -122,60 +56,11 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_for(
-    stack: StackHandle,
-    model: str,
-    *,
-    job: str | None = None,
-    timeout: float = 900,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Wait until the run's version is final; returns the version record (as a dict)."""
-    from maas.core.registry import FINAL_STATUSES
-
-    registry = _registry(stack)
-    if job is None:
-        state = STATE_DIR / f"last-job-{stack.name}-{model}"
-        job = state.read_text().strip() if state.exists() else None
-    deadline = time.monotonic() + timeout
-    last = None
-    started = time.monotonic()
-    ready_since: float | None = None
-    while time.monotonic() < deadline:
-        record = None
-        if job is not None:
-            claim = registry.find_job(job)
-            if claim is not None:
-                record = registry.get_version(model, claim.version)
-        else:
-            versions = registry.list_versions(model)
-            record = versions[-1] if versions else None
-        status = record.status if record else "WAITING-FOR-INGEST"
-        if progress and status != last:
-            where = f" v{record.version}" if record else ""
-            print(f"  [{time.monotonic() - started:5.1f}s] {model}{where}: {status}", flush=True)
-            last = status
-        if record is not None and record.status in FINAL_STATUSES:
-            out = record.to_dict()
-            alias = registry.get_alias(model)
-            out["prod"] = alias.version if alias else None
-            # READY comes a moment before auto-promotion: "done" means promoted, when asked for.
-            promoting = record.status == "READY" and (record.summary.get("spec") or {}).get(
-                "auto_promote", True
-            )
-            if ready_since is None:
-                ready_since = time.monotonic()
-            settled = time.monotonic() - ready_since > PROMOTION_GRACE_S
-            if not promoting or out["prod"] == record.version or settled:
-                return out
-        time.sleep(0.5)
-    raise TimeoutError(f"{model}: no final status after {timeout:.0f} s (last: {last})")
-
-
 def cmd_wait(args: argparse.Namespace) -> int:
     stack = connect()
     try:
-        record = wait_for(stack, args.model, job=args.job, timeout=args.timeout)
+        job = args.job or last_job(stack, args.model)
+        record = wait_for(stack, args.model, job=job, timeout=args.timeout)
     except TimeoutError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -223,7 +108,7 @@ def _version_line(v: dict[str, Any], prod: int | None = None, canary_weight: flo
 
 def _admin_call(fn: Any, *args: Any) -> dict[str, Any] | None:
     """Run one admin operation; print its error and return None when it is refused."""
-    from .admin_client import AdminError
+    from maas_cli.admin_client import AdminError
 
     try:
         return dict(fn(*args))
@@ -240,7 +125,7 @@ def _alias_line(model: str, alias: dict[str, Any]) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .admin_client import admin_for
+    from maas_cli.admin_client import admin_for
 
     doc = _admin_call(admin_for(connect()).models)
     if doc is None:
@@ -262,7 +147,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from .admin_client import admin_for
+    from maas_cli.admin_client import admin_for
 
     doc = _admin_call(admin_for(connect()).versions, args.model)
     if doc is None:
@@ -273,7 +158,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from .admin_client import admin_for
+    from maas_cli.admin_client import admin_for
 
     alias = _admin_call(admin_for(connect()).promote, args.model, args.version, args.reason)
     if alias is None:
@@ -283,7 +168,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_canary(args: argparse.Namespace) -> int:
-    from .admin_client import admin_for
+    from maas_cli.admin_client import admin_for
 
     if args.weight > 0 and args.version is None:
         print("error: a canary weight above 0 needs a VERSION", file=sys.stderr)
@@ -298,7 +183,7 @@ def cmd_canary(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from .admin_client import admin_for
+    from maas_cli.admin_client import admin_for
 
     alias = _admin_call(admin_for(connect()).rollback, args.model, args.reason)
     if alias is None:
@@ -308,7 +193,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .admin_client import admin_for
+    from maas_cli.admin_client import admin_for
 
     doc = _admin_call(admin_for(connect()).audit, args.model)
     if doc is None:
@@ -325,29 +210,12 @@ def _weight(text: str) -> float:
     return value
 
 
-def pack_training_code(dest: Path) -> Path:
-    """training/ as the tarball SageMaker script mode unpacks (train.py at its root)."""
-    import tarfile
-
-    repo = Path(__file__).resolve().parents[2]
-    root = repo / "training"
-    with tarfile.open(dest, "w:gz") as tar:
-        for path in sorted(root.rglob("*")):
-            rel = path.relative_to(root)
-            if path.is_file() and "__pycache__" not in rel.parts and rel.suffix != ".pyc":
-                tar.add(path, arcname=str(rel))
-        # The text encoders the inference function runs, byte for byte (maas_training.textprep).
-        tar.add(
-            repo / "layers" / "shared" / "maas" / "serving" / "textprep.py",
-            arcname="maas_training/_shared/textprep.py",
-        )
-    return dest
-
-
 def cmd_push_training_code(args: argparse.Namespace) -> int:
     import tempfile
 
     from maas.core.storage import parse_s3_uri
+
+    from maas_cli.training_code import pack_training_code
 
     stack = connect()
     uri = stack.outputs.get("TrainingCodeS3Uri")
@@ -362,12 +230,6 @@ def cmd_push_training_code(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    return run_demo(timeout=args.timeout)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maas", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -378,8 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--api-port", type=int, default=8080)
     up.add_argument("--aws-port", type=int, default=4566)
     up.add_argument("--workdir", default=".maas/local")
-    up.add_argument("--verbose", action="store_true", help="show the functions' logs")
+    up.add_argument("--verbose", action="store_true", help="the stack's own logs on the terminal")
+    up.add_argument(
+        "--reset", action="store_true", help="start empty: forget what the work dir holds"
+    )
     up.set_defaults(func=cmd_local_up)
+    st = local_sub.add_parser("status", help="what the local stack holds, and whether it runs")
+    st.add_argument("--workdir", default=".maas/local")
+    st.set_defaults(func=cmd_local_status)
+    lg = local_sub.add_parser("logs", help="the functions' logs and metrics, and the stack's")
+    lg.add_argument("--workdir", default=".maas/local")
+    lg.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    lg.set_defaults(func=cmd_local_logs)
 
     u = sub.add_parser("upload", help="upload a dataset (starts a training run)")
     u.add_argument("file")
@@ -444,9 +316,29 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except StackNotFound as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        print(f"error: {_explained(e)}", file=sys.stderr)
         return 2
+
+
+def _explained(e: Exception) -> str:
+    """One line for a person: what went wrong and what to do, never a traceback."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+    if isinstance(e, NoRegionError | NoCredentialsError):
+        return (
+            f"{e}: start a local stack with `maas local up`, or configure AWS "
+            "(AWS_REGION and credentials) for a deployed stack"
+        )
+    if isinstance(e, ClientError | BotoCoreError):
+        return f"{e} (is the stack running, and are your AWS credentials for it?)"
+    if isinstance(e, StackNotFound | FileNotFoundError | PermissionError | ValueError):
+        return str(e)
+    if type(e).__name__ in ("StackRunning", "PortInUse"):  # the local stack's own refusals
+        return str(e)
+    return f"{type(e).__name__}: {e}"
 
 
 if __name__ == "__main__":

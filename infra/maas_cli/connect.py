@@ -6,14 +6,19 @@ Either way the stack's names come from its CloudFormation outputs, so nothing el
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
 
-from .stack import port_open
-
 DEFAULT_LOCAL = ("127.0.0.1", 4566)
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        return s.connect_ex((host, port)) == 0
 
 
 class StackNotFound(RuntimeError):
@@ -49,14 +54,22 @@ def connect(stack_name: str | None = None) -> StackHandle:
         )
     else:
         session = boto3.Session()
-    cfn = session.client("cloudformation", endpoint_url=endpoint)
+        if session.region_name is None or session.get_credentials() is None:
+            missing = "region" if session.region_name is None else "credentials"
+            raise StackNotFound(
+                f"no local stack on {DEFAULT_LOCAL[0]}:{DEFAULT_LOCAL[1]} and no AWS {missing}: "
+                "start one with `maas local up`, or configure AWS (AWS_REGION and credentials) "
+                "for a deployed stack"
+            )
     try:
+        cfn = session.client("cloudformation", endpoint_url=endpoint)
         stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
     except Exception as e:
-        where = endpoint or "AWS"
+        where = endpoint or f"AWS ({session.region_name})"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StackNotFound(
-            f"no stack {name!r} at {where}: start one with `maas local up`, deploy with "
-            f"`sam deploy`, or set AWS_ENDPOINT_URL / MAAS_STACK ({e})"
+            f"no stack {name!r} at {where} ({first}): start one with `maas local up`, "
+            "deploy with `sam deploy`, or set AWS_ENDPOINT_URL / MAAS_STACK"
         ) from None
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
     return StackHandle(name, endpoint, outputs, session)

@@ -1,9 +1,7 @@
-"""Read template.yaml (CloudFormation / SAM) into plain dicts, short-form tags in long form.
+"""template.yaml as CloudFormation reads it: cfn-lint's decoder (short-form tags in long form).
 
-A plain module next to conftest.py (which puts tests/ on sys.path): `from cfn_template import
-load_template`. `!Ref X` becomes {"Ref": "X"}, `!GetAtt A.B` {"Fn::GetAtt": ["A", "B"]}, `!Sub s`
-{"Fn::Sub": "s"}, `!Condition c` {"Condition": "c"}, and every other `!Name v` {"Fn::Name": v},
-so tests see exactly what CloudFormation sees.
+`!Ref X` becomes {"Ref": "X"}, `!GetAtt A.B` {"Fn::GetAtt": ["A", "B"]}, `!Sub s` {"Fn::Sub":
+"s"}: the local stack, the tests and the bench read the same dicts CloudFormation sees.
 """
 
 from __future__ import annotations
@@ -12,42 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-TEMPLATE = REPO / "template.yaml"
-
-_BASE: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class CfnLoader(_BASE):  # type: ignore[misc, valid-type]
-    """SafeLoader that also knows CloudFormation's short-form intrinsic function tags."""
-
-
-def _construct(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    value: Any
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    if suffix == "Ref":
-        return {"Ref": value}
-    if suffix == "Condition":
-        return {"Condition": value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        resource, _, attribute = value.partition(".")
-        return {"Fn::GetAtt": [resource, attribute]}
-    return {f"Fn::{suffix}": value}
-
-
-CfnLoader.add_multi_constructor("!", _construct)
+from maas_devkit.repo import TEMPLATE
 
 
 def load_template(path: Path | str = TEMPLATE) -> dict[str, Any]:
-    """The template as a dict (keys in file order)."""
-    doc = yaml.load(Path(path).read_text(), Loader=CfnLoader)
+    from cfnlint.decode import cfn_yaml
+
+    doc = cfn_yaml.load(str(path))
     if not isinstance(doc, dict):
         raise ValueError(f"{path} is not a YAML mapping")
     return doc
