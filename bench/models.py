@@ -98,7 +98,8 @@ def wait_serving(stack: Any, pending: Pending, timeout: float = 1500) -> tuple[i
 
 def fetch_served(stack: Any, model: str, version: int, job: str, dest: Path) -> Served:
     """The served files (model.onnx, manifest.json, text files) into `dest`."""
-    from maas.core.artifacts import MANIFEST_FILE, model_prefix
+    from maas.core.artifacts import model_prefix
+    from maas.core.contract import MANIFEST_FILE
 
     s3 = _client(stack, "s3")
     bucket = stack.outputs["ArtifactBucketName"]

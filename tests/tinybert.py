@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 HEADS, HIDDEN = 4, 64
-# The schema.json "transformer" entry the import job writes (maas_training.textjobs).
+# The schema.json "transformer" entry the import job writes (maas_training.recipes.pretrained).
 ARCH = {"model_type": "bert", "num_heads": HEADS, "hidden_size": HIDDEN}
 
 
@@ -54,12 +54,12 @@ def sample() -> dict[str, np.ndarray]:
 
 
 def export(folder: Path, prefer: str) -> Path:
-    """fp32 ONNX with textexport, ``prefer`` first (MAAS_ONNX_EXPORTER must be unset)."""
-    from maas_training.textexport import export_text_model
+    """fp32 ONNX as the import job exports, ``prefer`` first (MAAS_ONNX_EXPORTER must be unset)."""
+    from maas_training.export import export_model
 
     assert "MAAS_ONNX_EXPORTER" not in os.environ
     path = folder / f"{prefer}.onnx"
-    info = export_text_model(
+    info = export_model(
         encoder(),
         path,
         feeds=feeds(),
@@ -67,6 +67,7 @@ def export(folder: Path, prefer: str) -> Path:
         class_names=None,
         metadata={},
         prefer=prefer,
+        sequence=True,
     )
     assert info.exporter == prefer
     return path

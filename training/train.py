@@ -1,7 +1,8 @@
 """SageMaker script-mode entry point (also what the local runner executes).
 
 SageMaker copies training/ (the source_dir) to /opt/ml/code and runs `python train.py`;
-hyperparameters, channels and output paths come from the SM_* contract (maas_training.config).
+channels and output paths come from the SM_* contract (maas_training.config), hyperparameters
+from input/config/hyperparameters.json (maas_training.hyperparameters).
 """
 
 from __future__ import annotations

@@ -6,8 +6,12 @@ from pathlib import Path
 
 
 def pack_training_code(dest: Path) -> Path:
-    """training/ as the tarball SageMaker script mode unpacks (train.py at its root)."""
+    """training/ as the tarball SageMaker script mode unpacks into /opt/ml/code: train.py and
+    requirements.txt (which it pip-installs first) at its root, and no setup.py (that would
+    make it install the tarball as a package instead)."""
     import tarfile
+
+    from maas_training.shared import IN_REPOSITORY, SHARED, VENDORED
 
     repo = Path(__file__).resolve().parents[2]
     root = repo / "training"
@@ -16,9 +20,8 @@ def pack_training_code(dest: Path) -> Path:
             rel = path.relative_to(root)
             if path.is_file() and "__pycache__" not in rel.parts and rel.suffix != ".pyc":
                 tar.add(path, arcname=str(rel))
-        # The text encoders the inference function runs, byte for byte (maas_training.textprep).
-        tar.add(
-            repo / "layers" / "shared" / "maas" / "serving" / "textprep.py",
-            arcname="maas_training/_shared/textprep.py",
-        )
+        # The files the job shares with the Lambda side, byte for byte, where it looks for them.
+        for relative in SHARED.values():
+            source = IN_REPOSITORY / relative
+            tar.add(source, arcname=f"maas_training/{VENDORED.name}/{source.name}")
     return dest

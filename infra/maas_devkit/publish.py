@@ -28,7 +28,8 @@ def publish_model(
 
     `status` stops the version early (TRAINING, OPTIMIZING) for tests of not-ready versions.
     """
-    from maas.core.artifacts import MANIFEST_FILE, MODEL_FILE, model_prefix
+    from maas.core.artifacts import model_prefix
+    from maas.core.contract import MANIFEST_FILE, MODEL_FILE
     from maas.core.names import job_name
     from maas.core.registry import OPTIMIZING, READY, TRAINING
 

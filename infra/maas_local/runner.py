@@ -194,7 +194,8 @@ class TrainingRunner:
             return
         manifest = None
         if result.get("action") == "ready":
-            from maas.core.artifacts import MANIFEST_FILE, model_prefix
+            from maas.core.artifacts import model_prefix
+            from maas.core.contract import MANIFEST_FILE
 
             key = model_prefix(result["model"], result["version"]) + MANIFEST_FILE
             body = self.stack.client("s3").get_object(

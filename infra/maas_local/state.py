@@ -232,9 +232,10 @@ def _versions(s3: Any, bucket: str) -> list[dict[str, Any]]:
             found.append({**v, "delete_marker": False})
         for m in page.get("DeleteMarkers", []):
             found.append({**m, "delete_marker": True})
-    # S3 lists a key's versions newest first; a stable sort keeps that order among equal times.
+    # S3 lists a key's versions newest first; reversed, a stable sort keeps them oldest first
+    # among equal times, and the current one (a version or a delete marker) goes last.
     found.reverse()
-    found.sort(key=lambda v: (v["Key"], v["LastModified"]))
+    found.sort(key=lambda v: (v["Key"], v["LastModified"], bool(v.get("IsLatest"))))
     return found
 
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("aws")
 
 
 def _model_tarball(model: Any, *, drop: tuple[str, ...] = ()) -> bytes:
-    """What the training job leaves in model.tar.gz, per maas/core/artifacts.py."""
+    """What the training job leaves in model.tar.gz, per maas/core/contract.py."""
     x = model.features.astype(np.float32)
     clf = model.classifier
     logits = ((x - clf.mean) / clf.scale) @ clf.weights.T + clf.bias

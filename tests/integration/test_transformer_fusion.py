@@ -1,7 +1,7 @@
 """The optimizer's transformer candidate: ONNX Runtime's fusions, then int8 attention.
 
 A small BERT encoder (2 layers, 4 heads, random weights) exported the way the import job
-exports pretrained encoders (textexport, TorchScript first), then maas.optimize.quantize with the
+exports pretrained encoders (export.py, TorchScript first), then maas.optimize.quantize with the
 ``transformer`` entry the import job writes into schema.json. Serving sessions leave
 SkipLayerNormalization unfused (maas.serving.ortsession); the fused candidate keeps it unfused too.
 """

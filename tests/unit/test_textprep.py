@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from maas.ingest.jobspec import RECIPE_DEFAULTS, RECIPES
+from maas.core import contract
+from maas.ingest.jobspec import JobSpec
 from maas.serving import textprep
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / "layers" / "shared" / "maas" / "serving" / "textprep.py"
+CONTRACT = REPO / "layers" / "shared" / "maas" / "core" / "contract.py"
 
 
 def _word_tokenizer_json() -> str:
@@ -58,7 +60,7 @@ def test_bad_text_items_are_named(item: object, message: str) -> None:
 
 def test_tokenizer_json_pads_to_the_batch_longest_and_truncates(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_text(_word_tokenizer_json())
-    spec = textprep.tokenizer_spec(4, ["input_ids", "attention_mask"])
+    spec = textprep.tokenizer_spec(4, ["input_ids", "attention_mask"], contract.TOKENIZER_FILE)
     enc = textprep.load_encoder(spec, tmp_path)
     out = enc.encode(["the cat", "the cat sat sat sat"])
     # truncated to 4 tokens, the special ones kept (as Hugging Face does)
@@ -72,26 +74,29 @@ def test_tokenizer_json_pads_to_the_batch_longest_and_truncates(tmp_path: Path) 
 
 
 def test_training_job_loads_this_very_file() -> None:
-    from maas_training import textprep as training_side
+    from maas_training import shared as training_side
 
-    assert training_side.source_path() == SHARED
-    mod = training_side.load()
+    assert training_side.source_path("textprep") == SHARED
+    mod = training_side.textprep()
     assert mod.HashedNgrams(buckets=97).ids("a b") == textprep.HashedNgrams(buckets=97).ids("a b")
 
 
-def test_training_code_tarball_carries_a_byte_identical_copy(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "source"), [("textprep", SHARED), ("contract", CONTRACT)])
+def test_training_code_tarball_carries_a_byte_identical_copy(
+    tmp_path: Path, name: str, source: Path
+) -> None:
     from maas_cli.training_code import pack_training_code
 
     tarball = pack_training_code(tmp_path / "training.tar.gz")
     with tarfile.open(tarball) as tar:
-        member = tar.extractfile("maas_training/_shared/textprep.py")
-        assert member is not None and member.read() == SHARED.read_bytes()
+        member = tar.extractfile(f"maas_training/_shared/{source.name}")
+        assert member is not None and member.read() == source.read_bytes()
         tar.extractall(tmp_path / "code", filter="data")
     # Unpacked alone (as on SageMaker, without the repository or the maas package), the job
     # finds the copy.
     code = (
         "import sys; sys.modules['maas'] = None; sys.path.insert(0, sys.argv[1]); "
-        "from maas_training import textprep; print(textprep.source_path())"
+        f"from maas_training import shared; print(shared.source_path({name!r}))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "code")],
@@ -100,11 +105,23 @@ def test_training_code_tarball_carries_a_byte_identical_copy(tmp_path: Path) -> 
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
-    assert Path(out.stdout.strip()) == tmp_path / "code/maas_training/_shared/textprep.py"
+    assert Path(out.stdout.strip()) == tmp_path / f"code/maas_training/_shared/{source.name}"
 
 
-def test_recipe_tables_agree_between_job_spec_and_training_job() -> None:
-    from maas_training import config
+def test_job_spec_and_training_job_use_the_one_recipe_table() -> None:
+    from maas_training.hyperparameters import parse_hyperparameters
+    from maas_training.shared import contract as training_contract
 
-    assert config.RECIPES == RECIPES
-    assert config.RECIPE_DEFAULTS == RECIPE_DEFAULTS
+    # GIVEN the one table: the training job loads the very file the Lambda side imports
+    assert Path(training_contract.__file__).resolve() == Path(contract.__file__).resolve()
+    for task, recipes in contract.RECIPES.items():
+        for recipe in recipes:
+            # WHEN each (task, recipe) of it goes through the job spec to the training job
+            spec = JobSpec(
+                task=task, recipe=recipe, base_model="m" if recipe == "finetune" else None
+            )
+            hp = parse_hyperparameters(spec.hyperparameters_for_sagemaker())
+            # THEN both took it as it is, with the recipe's defaults from the table
+            defaults = contract.RECIPE_DEFAULTS.get(recipe, {})
+            assert {k: getattr(hp, k) for k in defaults} == defaults, (task, recipe)
+            assert (hp.task, hp.recipe) == (task, recipe)

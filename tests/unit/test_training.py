@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from maas.core import artifacts
-from maas_training.config import decode_value, parse_hyperparameters
+from maas.core import contract
 from maas_training.data import encode_labels, load_dataset, split_indices
 from maas_training.errors import TrainingError
+from maas_training.hyperparameters import decode_value, parse_hyperparameters
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_PY = REPO / "training" / "train.py"
@@ -147,19 +147,19 @@ def test_digits_trains_to_contract(digits_job: Job) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     model_dir = base / "model"
     expected = {
-        artifacts.MODEL_FILE,
-        artifacts.SAMPLE_FILE,
-        artifacts.CALIBRATION_FILE,
-        artifacts.METRICS_FILE,
-        artifacts.LABELS_FILE,
-        artifacts.SCHEMA_FILE,
-        artifacts.PLOT_FILE,
+        contract.MODEL_FILE,
+        contract.SAMPLE_FILE,
+        contract.CALIBRATION_FILE,
+        contract.METRICS_FILE,
+        contract.LABELS_FILE,
+        contract.SCHEMA_FILE,
+        contract.PLOT_FILE,
     }
     assert {p.name for p in model_dir.iterdir()} == expected
     assert not (base / "output" / "failure").exists()
     assert sorted(p.name for p in (base / "checkpoints").glob("checkpoint-*.pt"))
 
-    metrics = json.loads((model_dir / artifacts.METRICS_FILE).read_text())
+    metrics = json.loads((model_dir / contract.METRICS_FILE).read_text())
     assert metrics["test_accuracy"] >= 0.95
     assert metrics["n_features"] == 64 and metrics["n_classes"] == 10
     assert metrics["exporter"] == "dynamo" and metrics["onnx_max_abs_diff"] < 1e-4
@@ -170,20 +170,20 @@ def test_digits_trains_to_contract(digits_job: Job) -> None:
     assert "ignoring unknown hyperparameters: unknown_knob" in proc.stdout
     assert "epoch=1 train_loss=" in proc.stdout and "val_accuracy=" in proc.stdout
 
-    labels = json.loads((model_dir / artifacts.LABELS_FILE).read_text())
+    labels = json.loads((model_dir / contract.LABELS_FILE).read_text())
     assert labels == [str(i) for i in range(10)]
-    schema = json.loads((model_dir / artifacts.SCHEMA_FILE).read_text())
+    schema = json.loads((model_dir / contract.SCHEMA_FILE).read_text())
     assert schema["label_column"] == "digit"
     assert schema["features"] == [c for c in _digits_frame().columns if c != "digit"]
     assert [i["name"] for i in schema["inputs"]] == ["input"]
     assert [o["name"] for o in schema["outputs"]] == ["probabilities", "label"]
 
-    key = artifacts.INPUT_PREFIX + "input"
-    with np.load(model_dir / artifacts.SAMPLE_FILE, allow_pickle=False) as sample:
-        assert set(sample.files) == {key, artifacts.TARGET_KEY}
+    key = contract.INPUT_PREFIX + "input"
+    with np.load(model_dir / contract.SAMPLE_FILE, allow_pickle=False) as sample:
+        assert set(sample.files) == {key, contract.TARGET_KEY}
         assert sample[key].dtype == np.float32 and sample[key].shape == (metrics["n_test"], 64)
-        assert sample[artifacts.TARGET_KEY].dtype == np.int64
-    with np.load(model_dir / artifacts.CALIBRATION_FILE, allow_pickle=False) as calib:
+        assert sample[contract.TARGET_KEY].dtype == np.int64
+    with np.load(model_dir / contract.CALIBRATION_FILE, allow_pickle=False) as calib:
         assert calib[key].shape == (min(512, metrics["n_train"]), 64)
 
 
@@ -195,7 +195,7 @@ def test_digits_onnx_runs_in_onnxruntime(digits_job: Job) -> None:
     base, proc = digits_job
     assert proc.returncode == 0, proc.stderr[-3000:]
     model_dir = base / "model"
-    path = str(model_dir / artifacts.MODEL_FILE)
+    path = str(model_dir / contract.MODEL_FILE)
     proto = onnx.load(path)
     assert proto.ir_version <= 10
     assert all(o.version <= 21 for o in proto.opset_import if o.domain in ("", "ai.onnx"))
@@ -203,8 +203,8 @@ def test_digits_onnx_runs_in_onnxruntime(digits_job: Job) -> None:
         assert vi.type.tensor_type.shape.dim[0].dim_param, f"{vi.name}: batch dim not dynamic"
 
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    labels = json.loads((model_dir / artifacts.LABELS_FILE).read_text())
-    with np.load(model_dir / artifacts.SAMPLE_FILE) as sample:
+    labels = json.loads((model_dir / contract.LABELS_FILE).read_text())
+    with np.load(model_dir / contract.SAMPLE_FILE) as sample:
         x, target = sample["input__input"], sample["target"]
     for n in (1, 7):
         probs, names = sess.run(["probabilities", "label"], {"input": x[:n]})
@@ -465,7 +465,7 @@ def test_export_falls_back_to_torchscript(tmp_path: Path, monkeypatch: pytest.Mo
     """If the dynamo exporter breaks (old torch, missing onnxscript), the job still exports."""
     torch = pytest.importorskip("torch")
     from maas_training import export
-    from maas_training.model import TabularMLP
+    from maas_training.model import Probabilities, TabularMLP
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ImportError("onnxscript is not installed")
@@ -475,14 +475,101 @@ def test_export_falls_back_to_torchscript(tmp_path: Path, monkeypatch: pytest.Mo
     model = TabularMLP(4, 3, hidden_units=8, hidden_layers=1)
     model.scaler.fit(np.random.default_rng(0).normal(5.0, 3.0, size=(50, 4)))
     x = np.random.default_rng(1).normal(5.0, 3.0, size=(9, 4)).astype(np.float32)
-    info = export.export_classifier(
-        model,
+    info = export.export_model(
+        Probabilities(model),
         tmp_path / "model.onnx",
-        n_features=4,
+        feeds={contract.FEATURES_INPUT: x},
+        output_name=contract.PROBABILITIES_OUTPUT,
         class_names=["a", "b", "c"],
-        feature_names=["w", "x", "y", "z"],
-        x_check=x,
-        x_eval=x,
-        y_eval=np.zeros(9, dtype=np.int64),
+        metadata={},
+        max_abs_diff=1e-4,
     )
     assert info.exporter == "torchscript" and info.max_abs_diff < 1e-4
+
+
+def test_every_recipe_of_the_contract_has_a_training_recipe() -> None:
+    from maas_training import recipes
+
+    registered = recipes.load_all()
+    assert set(registered) == {(t, r) for t, rs in contract.RECIPES.items() for r in rs}
+    # only the pretrained imports skip training (and so the torchrun relaunch)
+    assert {key for key, recipe in registered.items() if not recipe.trains} == {
+        ("text-classification", "import"),
+        ("embedding", "import"),
+    }
+
+
+def test_hyperparameter_names_and_defaults_are_the_contracts_on_both_sides() -> None:
+    from maas.ingest.jobspec import HYPERPARAMETER_BOUNDS, UNSENT_UNLESS_SET, JobSpec
+    from maas_training.hyperparameters import BOUNDS, Hyperparameters
+
+    names = set(contract.HYPERPARAMETERS)
+    # each side bounds every knob of the table, and no other
+    assert set(BOUNDS) == names and set(HYPERPARAMETER_BOUNDS) == names
+    spec = JobSpec().hyperparameters
+    assert set(type(spec).model_fields) == names
+    # the defaults are the table's (the job spec leaves the text knobs to the job)
+    job = Hyperparameters()
+    assert {n: getattr(job, n) for n in names} == contract.HYPERPARAMETERS
+    sent = {n: getattr(spec, n) for n in names if n not in UNSENT_UNLESS_SET}
+    assert sent == {n: d for n, d in contract.HYPERPARAMETERS.items() if n not in UNSENT_UNLESS_SET}
+    assert (job.task, job.label, job.text) == (
+        contract.DEFAULT_TASK,
+        contract.DEFAULT_LABEL,
+        contract.DEFAULT_TEXT,
+    )
+
+
+def test_a_new_recipe_is_its_data_and_its_model_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    from maas_training import recipes, steps
+    from maas_training.config import Paths
+    from maas_training.hyperparameters import parse_hyperparameters
+
+    # GIVEN a recipe that brings only its encoded rows and a model builder
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+
+    def load(paths: Paths, hp: object) -> recipes.Encoded:
+        return recipes.Encoded(
+            x=x,
+            y=y,
+            split=split_indices(y, 0.15, 0.15, seed=0),
+            class_names=["no", "yes"],
+            input_name=contract.FEATURES_INPUT,
+            fingerprint="toy",
+            files=[],
+            schema={"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 5]}]},
+        )
+
+    def build(data: recipes.Encoded, hp: object, x_fit: np.ndarray) -> object:
+        return torch.nn.Linear(5, 2)
+
+    recipe = recipes.TrainedRecipe("classification", "toy", load, build, refit=True)
+    with pytest.raises(ValueError, match="not in the contract's RECIPES table"):
+        recipes.register(recipe)  # a new family also gets its row in the contract
+    for name in [k for k in os.environ if k.startswith(("SM_", "MAAS_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("MAAS_OPT_ML", str(tmp_path))
+    monkeypatch.setenv("MAAS_ONNX_EXPORTER", "torchscript")
+    # WHEN the shared steps run it
+    metrics = steps.run(
+        Paths.from_env(), parse_hyperparameters({"epochs": "60", "learning_rate": "0.05"}), recipe
+    )
+    # THEN it was fitted, refitted, exported, checked and written like every recipe
+    model_dir = tmp_path / "model"
+    written = {p.name for p in model_dir.iterdir()}
+    assert written == {
+        *contract.REQUIRED_MODEL_FILES,
+        contract.CALIBRATION_FILE,
+        contract.PLOT_FILE,
+    }
+    assert metrics["test_accuracy"] >= 0.9 and metrics["refit_epochs"] >= 1
+    assert metrics["onnx_test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    schema = json.loads((model_dir / contract.SCHEMA_FILE).read_text())
+    assert [o["name"] for o in schema["outputs"]] == ["probabilities", "label"]
+    assert json.loads((tmp_path / "output" / "data" / contract.METRICS_FILE).read_text()) == metrics

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from maas.core import contract
 from maas.serving import textprep
 from pretrained import minilm_folder
 
@@ -67,7 +68,7 @@ def test_ngram_text_classification_writes_the_text_contract(tmp_path: Path) -> N
     model_dir = tmp_path / "model"
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["recipe"] == "ngram" and metrics["test_accuracy"] >= 0.6
-    spec = json.loads((model_dir / textprep.SPEC_FILE).read_text())
+    spec = json.loads((model_dir / contract.TEXT_SPEC_FILE).read_text())
     assert spec["kind"] == textprep.HASHED_NGRAMS
     schema = json.loads((model_dir / "schema.json").read_text())
     assert schema["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
@@ -101,8 +102,8 @@ def test_finetune_recipe_tunes_the_pretrained_encoder_from_channel_base(tmp_path
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["recipe"] == "finetune" and metrics["epochs_run"] <= 2
     assert metrics["test_accuracy"] >= 0.7
-    spec = json.loads((model_dir / textprep.SPEC_FILE).read_text())
-    assert spec == textprep.tokenizer_spec(32, ["input_ids"])
+    spec = json.loads((model_dir / contract.TEXT_SPEC_FILE).read_text())
+    assert spec == textprep.tokenizer_spec(32, ["input_ids"], contract.TOKENIZER_FILE)
     assert (model_dir / "tokenizer.json").read_bytes() == (
         minilm_folder() / "tokenizer.json"
     ).read_bytes()
@@ -145,7 +146,7 @@ def test_sequence_classification_folder_is_imported_with_its_labels(tmp_path: Pa
     ]
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["sample_origin"] == "run folder" and metrics["sample_texts"] == 3
-    spec = json.loads((model_dir / textprep.SPEC_FILE).read_text())
+    spec = json.loads((model_dir / contract.TEXT_SPEC_FILE).read_text())
     feeds = textprep.load_encoder(spec, model_dir).encode(["I loved it."])
     probs, labels = _onnx(model_dir / "model.onnx", feeds)
     assert probs.shape == (1, 3) and labels[0] in ("negative", "neutral", "positive")

@@ -12,7 +12,6 @@ import numpy as np
 
 from maas_training import log
 
-PLOT_FILE = "training.png"
 MAX_MATRIX_CLASSES = 30  # past this the matrix is unreadable at this size
 
 

@@ -177,6 +177,127 @@ def set_cpu_threads(batch_size: int, width: int) -> int:
     return threads
 
 
+@dataclass
+class _Progress:
+    """What the loop carries from epoch to epoch, and what a checkpoint restores."""
+
+    best_state: dict[str, torch.Tensor]
+    best_val_loss: float = math.inf
+    best_val_accuracy: float = 0.0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def checkpoint(self, epoch: int, model: nn.Module, optimizer) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": _state_to_cpu(model.state_dict()),
+            "optimizer": optimizer.state_dict(),
+            "best_model": self.best_state,
+            "best_val_loss": self.best_val_loss,
+            "best_val_accuracy": self.best_val_accuracy,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "stopped": self.stopped,
+            "history": self.history,
+        }
+
+
+def _resume(
+    checkpointer: Checkpointer | None, ctx: DistContext, model: nn.Module, optimizer, p: _Progress
+) -> int:
+    """Load the checkpoint into model, optimizer and p; the last epoch it holds (0: none).
+
+    Managed spot: every rank must agree, or nobody resumes."""
+    state = checkpointer.load() if checkpointer else None
+    have = float(state["epoch"]) if state else -1.0
+    if ctx.enabled and _agree(ctx, have, "min") != _agree(ctx, have, "max"):
+        state = None
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    p.best_state = state["best_model"]
+    p.best_val_loss = float(state["best_val_loss"])
+    p.best_val_accuracy = float(state["best_val_accuracy"])
+    p.best_epoch = int(state["best_epoch"])
+    p.bad_epochs = int(state["bad_epochs"])
+    p.stopped = bool(state["stopped"])
+    p.history = [dict(h) for h in state.get("history", [])]
+    log.info(f"resuming from checkpoint at epoch {state['epoch']} (best epoch {p.best_epoch})")
+    return int(state["epoch"])
+
+
+def _parallel(model: nn.Module, ctx: DistContext, device: torch.device, n: int, seed: int):
+    """The module the optimizer steps through (DDP across ranks) and the rank's sampler."""
+    if not ctx.enabled:
+        return model, None
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data.distributed import DistributedSampler
+
+    ddp = DistributedDataParallel(
+        model, device_ids=[ctx.local_rank] if device.type == "cuda" else None
+    )
+    sampler = DistributedSampler(
+        range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed
+    )
+    return ddp, sampler
+
+
+def _train_epoch(ddp_model, optimizer, xt, yt, order, batch_size: int, autocast, ctx, device):
+    """One pass over order; the mean train loss over every rank's rows."""
+    ddp_model.train()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+    seen = 0
+    for idx in order.split(batch_size):
+        xb, yb = xt[idx], yt[idx]
+        with autocast():
+            logits = ddp_model(xb)
+        loss = F.cross_entropy(logits.float(), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(idx)
+        seen += len(idx)
+    train_loss = float(loss_sum) / max(1, seen)
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        t = torch.tensor([train_loss * seen, float(seen)], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        train_loss = float(t[0] / t[1])
+    return train_loss
+
+
+def _record(p: _Progress, ctx, model, epoch: int, train_loss: float, val: tuple, patience: int):
+    """Early-stopping bookkeeping for one epoch (every rank takes the same decision)."""
+    val_loss, val_acc = val
+    if not math.isfinite(train_loss) or not math.isfinite(val_loss):
+        from maas_training.errors import TrainingError
+
+        raise TrainingError(
+            f"training diverged at epoch {epoch} (loss is not finite); try a lower learning_rate"
+        )
+    improved = bool(_agree(ctx, 1.0 if val_loss < p.best_val_loss - 1e-7 else 0.0, "min"))
+    if improved:
+        p.best_val_loss, p.best_val_accuracy, p.best_epoch, p.bad_epochs = (
+            val_loss,
+            val_acc,
+            epoch,
+            0,
+        )
+        p.best_state = _state_to_cpu(model.state_dict())
+    else:
+        p.bad_epochs += 1
+    p.stopped = p.bad_epochs >= patience
+    p.history.append(
+        {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc}
+    )
+    if ctx.is_main:
+        log.metric_line(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc)
+
+
 def train(
     model: nn.Module,
     x_train: np.ndarray,
@@ -203,145 +324,43 @@ def train(
     """
     t0 = time.perf_counter()
     model.to(device)
-    xt = torch.from_numpy(x_train).to(device)
-    yt = torch.from_numpy(y_train).to(device)
-    xv = torch.from_numpy(x_val).to(device)
-    yv = torch.from_numpy(y_val).to(device)
+    xt, yt = torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device)
+    xv, yv = torch.from_numpy(x_val).to(device), torch.from_numpy(y_val).to(device)
     optimizer = _adamw(model, learning_rate, weight_decay)
-
-    best_val_loss, best_val_acc, best_epoch, bad_epochs = math.inf, 0.0, 0, 0
-    best_state = _state_to_cpu(model.state_dict())
-    start_epoch, stopped = 1, False
-    history: list[dict[str, float]] = []
-
-    # Resume (managed spot): every rank must agree, or nobody resumes.
-    state = checkpointer.load() if checkpointer else None
-    have = float(state["epoch"]) if state else -1.0
-    if ctx.enabled:
-        lo, hi = _agree(ctx, have, "min"), _agree(ctx, have, "max")
-        if lo != hi:
-            state = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        best_state = state["best_model"]
-        best_val_loss = float(state["best_val_loss"])
-        best_val_acc = float(state["best_val_accuracy"])
-        best_epoch = int(state["best_epoch"])
-        bad_epochs = int(state["bad_epochs"])
-        stopped = bool(state["stopped"])
-        history = [dict(h) for h in state.get("history", [])]
-        start_epoch = int(state["epoch"]) + 1
-        log.info(f"resuming from checkpoint at epoch {start_epoch - 1} (best epoch {best_epoch})")
-    resumed_from = start_epoch - 1
-
-    ddp_model: nn.Module = model
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp_model = DistributedDataParallel(
-            model, device_ids=[ctx.local_rank] if device.type == "cuda" else None
-        )
-    sampler = None
-    if ctx.enabled:
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(
-            range(len(xt)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed
-        )
-
+    p = _Progress(best_state=_state_to_cpu(model.state_dict()))
+    resumed_from = _resume(checkpointer, ctx, model, optimizer, p)
+    ddp_model, sampler = _parallel(model, ctx, device, len(xt), seed)
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
         if use_bf16
         else contextlib.nullcontext
     )
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, epochs + 1 if not stopped else start_epoch):
+    epoch = resumed_from
+    for epoch in range(resumed_from + 1, epochs + 1 if not p.stopped else resumed_from + 1):
         torch.manual_seed(seed * 100_003 + epoch)  # dropout/shuffle reproducible across resumes
         if sampler is not None:
             sampler.set_epoch(epoch)
             order = torch.tensor(list(iter(sampler)), dtype=torch.long, device=device)
         else:
             order = torch.randperm(len(xt), device="cpu").to(device)
-        ddp_model.train()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
-        seen = 0
-        for idx in order.split(batch_size):
-            xb, yb = xt[idx], yt[idx]
-            with autocast():
-                logits = ddp_model(xb)
-            loss = F.cross_entropy(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(idx)
-            seen += len(idx)
-        train_loss = float(loss_sum) / max(1, seen)
-        if ctx.enabled:
-            import torch.distributed as dist
-
-            t = torch.tensor([train_loss * seen, float(seen)], dtype=torch.float64, device=device)
-            dist.all_reduce(t)
-            train_loss = float(t[0] / t[1])
-
-        val_loss, val_acc = evaluate(model, xv, yv, eval_batch)
-        if not math.isfinite(train_loss) or not math.isfinite(val_loss):
-            from maas_training.errors import TrainingError
-
-            raise TrainingError(
-                f"training diverged at epoch {epoch} (loss is not finite); "
-                "try a lower learning_rate"
-            )
-        improved = val_loss < best_val_loss - 1e-7
-        improved = bool(_agree(ctx, 1.0 if improved else 0.0, "min"))
-        if improved:
-            best_val_loss, best_val_acc, best_epoch, bad_epochs = val_loss, val_acc, epoch, 0
-            best_state = _state_to_cpu(model.state_dict())
-        else:
-            bad_epochs += 1
-        stopped = bad_epochs >= patience
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-            }
-        )
-        if ctx.is_main:
-            log.metric_line(
-                epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc
-            )
+        loss = _train_epoch(ddp_model, optimizer, xt, yt, order, batch_size, autocast, ctx, device)
+        _record(p, ctx, model, epoch, loss, evaluate(model, xv, yv, eval_batch), patience)
         if checkpointer is not None:
-            checkpointer.save(
-                {
-                    "epoch": epoch,
-                    "model": _state_to_cpu(model.state_dict()),
-                    "optimizer": optimizer.state_dict(),
-                    "best_model": best_state,
-                    "best_val_loss": best_val_loss,
-                    "best_val_accuracy": best_val_acc,
-                    "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs,
-                    "stopped": stopped,
-                    "history": history,
-                }
-            )
-        if stopped:
+            checkpointer.save(p.checkpoint(epoch, model, optimizer))
+        if p.stopped:
             if ctx.is_main:
                 log.info(f"early stopping at epoch {epoch}: no improvement for {patience} epochs")
             break
-
     if not keep_last:
-        model.load_state_dict(best_state)
+        model.load_state_dict(p.best_state)
     model.to("cpu").float().eval()
     return TrainResult(
-        best_epoch=best_epoch,
+        best_epoch=p.best_epoch,
         epochs_run=epoch,
-        best_val_loss=best_val_loss,
-        best_val_accuracy=best_val_acc,
-        stopped_early=stopped,
+        best_val_loss=p.best_val_loss,
+        best_val_accuracy=p.best_val_accuracy,
+        stopped_early=p.stopped,
         resumed_from_epoch=resumed_from,
         seconds=time.perf_counter() - t0,
-        history=history,
+        history=p.history,
     )

@@ -622,8 +622,19 @@ class Registry:
 
 
 def _client_kwargs(client: Any) -> dict[str, Any]:
+    """Where `client` talks and as whom, for the resource API beside it (boto3 cannot make a
+    resource from a client): its credentials too, or the resource would look them up again."""
     meta = client.meta
-    return {"region_name": meta.region_name, "endpoint_url": meta.endpoint_url}
+    kwargs = {"region_name": meta.region_name, "endpoint_url": meta.endpoint_url}
+    credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        kwargs.update(
+            aws_access_key_id=frozen.access_key,
+            aws_secret_access_key=frozen.secret_key,
+            aws_session_token=frozen.token,
+        )
+    return kwargs
 
 
 def _json_default(o: Any) -> Any:

@@ -6,40 +6,16 @@ Constraints live here so a bad spec fails before anything is started.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from maas.core import contract
 from maas.core.names import MODEL_NAME_RE
 
-Task = Literal["classification", "text-classification", "embedding"]
-Recipe = Literal["auto", "mlp", "ngram", "finetune", "import"]
-# task -> its recipes, the default first (the training job keeps the same table).
-RECIPES: dict[str, tuple[str, ...]] = {
-    "classification": ("auto", "mlp"),
-    "text-classification": ("ngram", "finetune", "import"),
-    "embedding": ("import",),
-}
-# Recipe defaults for the hyperparameters a job does not set (a transformer fine-tune wants a
-# few epochs at a small learning rate, not the tabular 200 at 1e-3).
-RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ngram": {
-        "epochs": 30,
-        "learning_rate": 1e-2,
-        "weight_decay": 0.0,
-        "patience": 3,
-        "dropout": 0.0,
-        "batch_size": 128,
-    },
-    "finetune": {
-        "epochs": 4,
-        "learning_rate": 5e-5,
-        "weight_decay": 0.01,
-        "patience": 2,
-        "batch_size": 32,
-        "dropout": 0.1,
-    },
-}
+# The contract's tables as types, so a bad task or recipe names the choices.
+Task = Literal[contract.TASKS]  # type: ignore[valid-type]
+Recipe = Literal[contract.ALL_RECIPES]  # type: ignore[valid-type]
 
 COLUMN_RE = r"^[^\x00-\x1f]{1,128}$"
 
@@ -48,27 +24,45 @@ class InvalidJobSpec(ValueError):
     pass
 
 
-class Hyperparameters(BaseModel):
-    """Training knobs; bounds stop absurd values from reaching a paid GPU."""
+# Bounds stop absurd values from reaching a paid GPU (names and defaults: maas.core.contract).
+HYPERPARAMETER_BOUNDS: dict[str, dict[str, Any]] = {
+    "epochs": {"ge": 1, "le": 2000},
+    "batch_size": {"ge": 1, "le": 65536},
+    "learning_rate": {"gt": 0, "le": 1.0},
+    "weight_decay": {"ge": 0, "le": 1.0},
+    "hidden_units": {"ge": 1, "le": 8192},
+    "hidden_layers": {"ge": 0, "le": 16},
+    "dropout": {"ge": 0, "lt": 1.0},
+    "patience": {"ge": 1, "le": 1000},
+    "seed": {"ge": 0, "le": 2**31 - 1},
+    "validation_fraction": {"gt": 0, "lt": 0.5},
+    "test_fraction": {"gt": 0, "lt": 0.5},
+    "embedding_dim": {"ge": 1, "le": 4096},
+    "buckets": {"ge": 2, "le": 1 << 24},
+    "max_length": {"ge": 2, "le": 8192},
+}
+# Text-recipe knobs a job.json leaves unset stay unsent: the training job applies the contract's
+# defaults (and the recipe's) itself.
+UNSENT_UNLESS_SET = ("embedding_dim", "buckets", "max_length")
 
-    model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(default=200, ge=1, le=2000)
-    batch_size: int = Field(default=64, ge=1, le=65536)
-    learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
-    weight_decay: float = Field(default=1e-4, ge=0, le=1.0)
-    hidden_units: int = Field(default=128, ge=1, le=8192)
-    hidden_layers: int = Field(default=2, ge=0, le=16)
-    dropout: float = Field(default=0.1, ge=0, lt=1.0)
-    patience: int = Field(default=15, ge=1, le=1000)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)
-    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
-    # Text recipes (unset: the training job's defaults): ngram embedding width and hash buckets,
-    # tokens per text for finetune.
-    embedding_dim: int | None = Field(default=None, ge=1, le=4096)
-    buckets: int | None = Field(default=None, ge=2, le=1 << 24)
-    max_length: int | None = Field(default=None, ge=2, le=8192)
+def _hyperparameter(name: str, default: int | float) -> Any:
+    kind: Any = type(default)
+    if name in UNSENT_UNLESS_SET:
+        return (kind | None, Field(default=None, **HYPERPARAMETER_BOUNDS[name]))
+    return (kind, Field(default=default, **HYPERPARAMETER_BOUNDS[name]))
+
+
+if TYPE_CHECKING:
+    Hyperparameters = BaseModel
+else:
+    Hyperparameters = create_model(
+        "Hyperparameters",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__="Training knobs: the contract's, each bounded.",
+        __module__=__name__,
+        **{n: _hyperparameter(n, d) for n, d in contract.HYPERPARAMETERS.items()},
+    )
 
 
 class QualityGate(BaseModel):
@@ -85,10 +79,10 @@ class QualityGate(BaseModel):
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: Task = "classification"
-    label: str = Field(default="label", pattern=COLUMN_RE)
-    text: str = Field(default="text", pattern=COLUMN_RE)
-    # Model family within the task (RECIPES): classification "auto" (depth chosen on
+    task: Task = contract.DEFAULT_TASK
+    label: str = Field(default=contract.DEFAULT_LABEL, pattern=COLUMN_RE)
+    text: str = Field(default=contract.DEFAULT_TEXT, pattern=COLUMN_RE)
+    # Model family within the task (contract.RECIPES): classification "auto" (depth chosen on
     # validation, then refit) or "mlp"; text-classification "ngram" (default), "finetune" (a
     # pretrained encoder, base_model, with a head) or "import"; embedding "import".
     recipe: Recipe | None = None
@@ -104,7 +98,7 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _recipe_fits_task(self) -> JobSpec:
-        recipes = RECIPES[self.task]
+        recipes = contract.RECIPES[self.task]
         if self.recipe is not None and self.recipe not in recipes:
             raise ValueError(
                 f"recipe {self.recipe!r} does not apply to task {self.task!r}; "
@@ -118,13 +112,13 @@ class JobSpec(BaseModel):
 
     @property
     def effective_recipe(self) -> str:
-        return self.recipe or RECIPES[self.task][0]
+        return self.recipe or contract.default_recipe(self.task)
 
     def hyperparameters_for_sagemaker(self) -> dict[str, str]:
         """SageMaker passes hyperparameters as strings; JSON-encode each, as script mode does."""
         hp: dict[str, Any] = self.hyperparameters.model_dump(exclude_none=True)
         given = self.hyperparameters.model_fields_set
-        for key, value in RECIPE_DEFAULTS.get(self.effective_recipe, {}).items():
+        for key, value in contract.RECIPE_DEFAULTS.get(self.effective_recipe, {}).items():
             if key not in given:
                 hp[key] = value
         hp.update({"task": self.task, "label": self.label, "text": self.text})

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from maas.core.artifacts import INPUT_PREFIX
+from maas.core.contract import INPUT_PREFIX
 
 if TYPE_CHECKING:
     import onnxruntime as ort

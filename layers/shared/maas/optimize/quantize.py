@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from maas.core.artifacts import TARGET_KEY
+from maas.core.contract import EMBEDDING_OUTPUT, PROBABILITIES_OUTPUT, TARGET_KEY
 from maas.optimize import recipes
 from maas.optimize.feeds import Feeds, feeds_for, n_rows, rows
 from maas.optimize.recipes import Recipe, RecipeInput
@@ -72,8 +72,6 @@ FP32 = "fp32"  # the reference's name among the candidates; no recipe takes it
 
 CLASSIFICATION_TASKS = ("classification", "text-classification")
 EMBEDDING_TASKS = ("embedding",)
-PROBABILITIES = "probabilities"
-EMBEDDING = "embedding"
 
 BATCH_N = 32
 EVAL_CHUNK_ROWS = BATCH_N  # rows per run when scoring: dynamic int8 scales span the batch
@@ -433,8 +431,8 @@ def _smoke(sess: ort.InferenceSession, feeds1: Feeds) -> list[Any]:
 
 def _prob_name(outputs: list[tuple[str, str]]) -> str:
     names = [n for n, _ in outputs]
-    if PROBABILITIES in names:
-        return PROBABILITIES
+    if PROBABILITIES_OUTPUT in names:
+        return PROBABILITIES_OUTPUT
     floats = [n for n, t in outputs if t in ("tensor(float)", "tensor(double)", "tensor(float16)")]
     if not floats:
         raise ValueError("classification model has no float output to score")
@@ -443,7 +441,7 @@ def _prob_name(outputs: list[tuple[str, str]]) -> str:
 
 def _embedding_name(outputs: list[tuple[str, str]]) -> str:
     names = [n for n, _ in outputs]
-    return EMBEDDING if EMBEDDING in names else names[0]
+    return EMBEDDING_OUTPUT if EMBEDDING_OUTPUT in names else names[0]
 
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -11,20 +11,22 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
-from maas.core.artifacts import (
+from maas.core.artifacts import model_prefix
+from maas.core.config import OptimizeSettings
+from maas.core.contract import (
     CALIBRATION_FILE,
     LABELS_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
     MODEL_FILE,
     PLOT_FILE,
+    REQUIRED_MODEL_FILES,
     SAMPLE_FILE,
     SCHEMA_FILE,
     TEXT_SPEC_FILE,
     TOKENIZER_FILE,
-    model_prefix,
+    Manifest,
 )
-from maas.core.config import OptimizeSettings
 from maas.core.registry import (
     FAILED,
     OPTIMIZING,
@@ -203,11 +205,7 @@ class Optimizer:
                 tar.extractall(model_dir, filter="data")  # refuses links and paths outside
         except (tarfile.TarError, OSError, EOFError) as e:
             raise ValueError(f"model.tar.gz is corrupt or unreadable: {e}") from None
-        missing = [
-            f
-            for f in (MODEL_FILE, SAMPLE_FILE, METRICS_FILE, LABELS_FILE, SCHEMA_FILE)
-            if not (model_dir / f).is_file()
-        ]
+        missing = [f for f in REQUIRED_MODEL_FILES if not (model_dir / f).is_file()]
         if missing:
             raise ValueError(f"model.tar.gz lacks {', '.join(missing)}")
         text_spec, text_files = _text_files(model_dir)
@@ -291,10 +289,10 @@ def _manifest(
     trained: Trained,
     selection: Selection,
     digest: str,
-) -> dict[str, Any]:
+) -> Manifest:
     """manifest.json: what serving loads the version by, and how it was chosen."""
     chosen, schema = selection.chosen, trained.schema
-    manifest = {
+    manifest: Manifest = {
         "model": model,
         "version": version,
         "task": spec.task,

@@ -20,7 +20,8 @@ import numpy as np
 import onnxruntime as ort
 from botocore.exceptions import BotoCoreError, ClientError
 
-from maas.core.artifacts import MANIFEST_FILE, MODEL_FILE, model_prefix
+from maas.core.artifacts import model_prefix
+from maas.core.contract import MANIFEST_FILE, MODEL_FILE
 from maas.core.names import InvalidName, check_model_name
 from maas.core.registry import PROD, READY, Alias, NotFound, Registry
 from maas.core.storage import ObjectMissing, Storage, sha256_file

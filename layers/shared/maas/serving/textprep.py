@@ -2,7 +2,7 @@
 
 Serving imports this module from the shared layer (``maas.serving.textprep``). The training
 container ships ``training/`` only, so the training job loads this same file: from the
-repository when it runs locally (``maas_training.textprep`` finds
+repository when it runs locally (``maas_training.shared`` finds
 ``layers/shared/maas/serving/textprep.py``), and from the copy that ``maas push-training-code``
 puts into the code tarball on SageMaker. A test checks the copy is byte-identical. Hence:
 standard library + numpy only, and no imports from ``maas``.
@@ -30,11 +30,8 @@ from typing import Any
 
 import numpy as np
 
-SPEC_FILE = "text.json"
-TOKENIZER_FILE = "tokenizer.json"
 HASHED_NGRAMS = "hashed-ngrams"
 TOKENIZER = "tokenizer"
-TEXT_INPUT = "text"
 MAX_TEXT_CHARS = 100_000  # per item; longer inputs are cut before tokenising
 
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -170,10 +167,11 @@ def pad_token_id(doc: dict[str, Any]) -> int:
 # --------------------------------------------------------------------------- the spec
 
 
-def tokenizer_spec(max_length: int, inputs: Sequence[str]) -> dict[str, Any]:
+def tokenizer_spec(max_length: int, inputs: Sequence[str], file: str) -> dict[str, Any]:
+    """A tokenizer spec; ``file`` is the tokenizer.json beside it (maas.core.contract names it)."""
     return {
         "kind": TOKENIZER,
-        "file": TOKENIZER_FILE,
+        "file": file,
         "max_length": int(max_length),
         "inputs": list(inputs),
     }
@@ -193,7 +191,9 @@ def load_encoder(spec: dict[str, Any], directory: Path | None = None) -> HashedN
     if kind == TOKENIZER:
         if directory is None:
             raise ValueError("a tokenizer spec needs the directory holding its tokenizer file")
-        path = Path(directory) / str(spec.get("file") or TOKENIZER_FILE)
+        if not spec.get("file"):
+            raise ValueError("a tokenizer spec names its tokenizer file")
+        path = Path(directory) / str(spec["file"])
         return HFTokenizer(
             path.read_text(encoding="utf-8"),
             max_length=int(spec.get("max_length", 256)),

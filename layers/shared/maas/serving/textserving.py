@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from maas.core.contract import TEXT_INPUT
 from maas.core.storage import ObjectMissing, Storage, sha256_file
 from maas.serving.http import ProtocolError
-from maas.serving.textprep import TEXT_INPUT, TextInputError, load_encoder
+from maas.serving.textprep import TextInputError, load_encoder
 
 Preprocess = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 TEXT_INPUT_META = (TEXT_INPUT, "BYTES", [-1])
