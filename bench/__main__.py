@@ -186,9 +186,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log("warm latency")
         saved_env = dict(os.environ)
         os.environ.update(env)
-        from maas.core.config import settings
-
-        settings.cache_clear()
         try:
             handler = warm.load_handler()
             blocks = 3 if quick else 4
@@ -211,7 +208,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             os.environ.clear()
             os.environ.update(saved_env)
-            settings.cache_clear()
         results["warm"] = {"cases": cases, "ratios": warm.ratios(cases)}
 
         # ---------------------------------------------------------- throughput (HTTP)

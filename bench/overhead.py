@@ -104,9 +104,6 @@ def probe(pairs: int = 3000) -> dict[str, Any]:
     )
     for name in ("AWS_ENDPOINT_URL", "ALIAS_TTL_S", "PRELOAD_MODELS"):
         os.environ.pop(name, None)
-    from maas.core.config import settings
-
-    settings.cache_clear()
     try:
         with moto.mock_aws():
             boto3.client("s3").create_bucket(Bucket=account.ARTIFACT_BUCKET)
@@ -139,7 +136,6 @@ def probe(pairs: int = 3000) -> dict[str, Any]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        settings.cache_clear()
 
 
 def baseline() -> dict[str, Any]:

@@ -108,36 +108,16 @@ def _fresh_boto3_session() -> Any:
     return session
 
 
-def _clear_settings() -> None:
-    from maas.core.config import settings
-
-    settings.cache_clear()
-
-
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsAccount]:
     """moto with the stack's resources and the functions' environment variables."""
     import boto3
     import moto
+    from maas.core import config
 
-    for name in (
-        "AWS_ENDPOINT_URL",
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_SECURITY_TOKEN",
-        "TRAINING_BACKEND",
-        "LOCAL_TRAINING_QUEUE_URL",
-        "INGEST_DLQ_URL",
-        "SESSION_CACHE_MB",
-        "ALIAS_TTL_S",
-        "MAX_BATCH_SIZE",
-        "SESSION_CACHE_SIZE",
-        "STACK_NAME",
-        "TRAINING_SPOT",
-        "TRAINING_INSTANCE_TYPE",
-        "TRAINING_INSTANCE_COUNT",
-        "TRAINING_MAX_RUNTIME_S",
-    ):
+    # Every variable a function declares (maas.core.config), and where the AWS SDK looks.
+    aws_sdk = ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+    for name in sorted(config.variables() | set(aws_sdk)):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -152,7 +132,6 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsAccount]
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "maas")
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "model-cache"))
-    _clear_settings()
     with moto.mock_aws():
         # After mock_aws (which drops the default session): handlers' boto3.client() calls
         # land on a fresh session that reuses the parsed service models across tests.
@@ -174,7 +153,6 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsAccount]
             local_training_queue_url=res.urls[account.LOCAL_TRAINING_QUEUE_ID],
             ingest_dlq_url=res.urls["IngestDLQ"],
         )
-    _clear_settings()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from maas.core.config import settings
+from maas.core.config import IngestSettings
 from maas.core.registry import Registry
 from maas.core.storage import Storage
 from maas.ingest.deadletter import DeadLetters
@@ -34,7 +34,7 @@ _ingest: Ingest | None = None
 def ingest() -> Ingest:
     global _ingest
     if _ingest is None:
-        cfg = settings()
+        cfg = IngestSettings.from_env()
         _ingest = Ingest(
             Registry(cfg.registry_table),
             Storage(),

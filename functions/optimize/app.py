@@ -8,7 +8,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from maas.core.config import settings
+from maas.core.config import OptimizeSettings
 from maas.core.registry import Registry
 from maas.core.storage import Storage
 from maas.optimize.service import Optimizer
@@ -22,7 +22,7 @@ metrics = Metrics()
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    cfg = settings()
+    cfg = OptimizeSettings.from_env()
     optimizer = Optimizer(cfg, Registry(cfg.registry_table), Storage())
     outcome = optimizer.handle_event(event)
     logger.info("optimize outcome", extra=asdict(outcome))

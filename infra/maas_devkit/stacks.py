@@ -17,8 +17,6 @@ def running_stack(workdir: Path, *, quiet: bool = True, **options: Any) -> Itera
 
     `quiet`: the training runner's output lines are dropped instead of printed.
     """
-    from maas.core.config import settings
-
     saved = dict(os.environ)
     cfg = LocalStackConfig(aws_port=free_port(), api_port=free_port(), workdir=workdir, **options)
     try:
@@ -29,4 +27,3 @@ def running_stack(workdir: Path, *, quiet: bool = True, **options: Any) -> Itera
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        settings.cache_clear()

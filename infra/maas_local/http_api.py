@@ -8,7 +8,6 @@ payload limit are refused with 413 before any function runs, as Lambda would ref
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from maas.serving.http import LAMBDA_PAYLOAD_BYTES, ClientResponse, error_body
 from maas_devkit.events import http_api_event
 
 from maas_local.lambda_runtime import FunctionPool
@@ -23,7 +23,6 @@ from maas_local.sigv4 import Unauthorized, verify
 
 log = logging.getLogger("maas.local.api")
 MAX_PAYLOAD = 10 * 1024 * 1024  # API Gateway's own request limit; Lambda's 6 MB is the function's
-LAMBDA_PAYLOAD = 6 * 1024 * 1024  # synchronous invocation payload: the whole event
 ADMIN_PREFIX = "/admin/"
 
 
@@ -75,7 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(
                 413,
                 {"content-type": "application/json"},
-                json.dumps({"error": "request too large"}).encode(),
+                error_body("request too large").encode(),
             )
             self.close_connection = True
             return
@@ -112,13 +111,13 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if caller is not None:
             event["requestContext"]["authorizer"] = caller.authorizer()
-        if len(event.get("body") or "") + 8192 > LAMBDA_PAYLOAD and (
-            len(json.dumps(event)) > LAMBDA_PAYLOAD
+        if len(event.get("body") or "") + 8192 > LAMBDA_PAYLOAD_BYTES and (
+            len(json.dumps(event)) > LAMBDA_PAYLOAD_BYTES
         ):
             self._error(
                 413,
                 "Request Entity Too Large",
-                f"the request does not fit Lambda's {LAMBDA_PAYLOAD} byte invocation payload "
+                f"the request does not fit Lambda's {LAMBDA_PAYLOAD_BYTES} byte invocation payload "
                 "(binary bodies travel base64-encoded, 4/3 their size)",
             )
             return
@@ -131,11 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
                 500, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}'
             )
             return
-        status = int(result.get("statusCode", 200))
-        headers = {k.lower(): str(v) for k, v in (result.get("headers") or {}).items()}
-        raw = result.get("body") or ""
-        payload = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode()
-        self._reply(status, headers, payload)
+        self._reply(*ClientResponse.of(result))
 
     def _error(self, status: int, message: str, detail: str | None = None) -> None:
         body: dict[str, str] = {"message": message}

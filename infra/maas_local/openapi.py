@@ -1,12 +1,16 @@
-"""The HTTP API's OpenAPI document, generated from the pydantic models the handlers validate with.
+"""The HTTP API's OpenAPI document: the OIP operations from their pydantic wire models, the
+admin operations from the admin function's own Powertools resolver.
 
     python -m maas_local.openapi          # (re)write docs/openapi.json  (`make openapi`)
     python -m maas_local.openapi --check  # exit 1 when docs/openapi.json is stale
 
-The schemas come from maas.serving.oip (the Open Inference Protocol wire models) and
-maas.admin.service (the management API's); the operations below list every route.
-tests/unit/test_openapi.py fails when the committed document is stale, or when it, the
-handlers' routes and template.yaml's routes disagree.
+The OIP operations are listed below with maas.serving.oip's models (the inference function
+routes without Powertools, for its cold start). The admin operations are what
+functions/admin/app.py's APIGatewayHttpResolver(enable_validation=True) generates from its
+typed routes (`get_openapi_schema()`), less the 422 Powertools documents: the function answers
+a validation error 400, as every operation here does. tests/unit/test_openapi.py fails when the
+committed document is stale, or when it, the handlers' routes and template.yaml's routes
+disagree.
 """
 
 from __future__ import annotations
@@ -19,14 +23,31 @@ from pathlib import Path
 from typing import Any
 
 from maas import __version__
-from maas.admin import service as admin
 from maas.serving import oip
+from maas.serving.http import ERRORS
+from maas_devkit.lambda_runtime import load_handler
+from maas_devkit.repo import REPO
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DOC_PATH = REPO_ROOT / "docs" / "openapi.json"
+DOC_PATH = REPO / "docs" / "openapi.json"
 HEADER = "Inference-Header-Content-Length"
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "sigv4": {
+        "type": "apiKey",
+        "name": "Authorization",
+        "in": "header",
+        "description": "AWS SigV4 (service execute-api): API Gateway AWS_IAM.",
+    },
+    "jwt": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "InferenceAuth=JWT: a token from JwtIssuer for JwtAudience.",
+    },
+}
+# What Powertools adds for its own 422 answer, which the admin function does not give.
+_POWERTOOLS_VALIDATION = ("HTTPValidationError", "ValidationError", "ResponseValidationError")
 
 
 @dataclass(frozen=True)
@@ -38,10 +59,6 @@ class Operation:
     response: type[BaseModel]
     request: type[BaseModel] | None = None
     errors: tuple[int, ...] = (404,)
-
-    @property
-    def admin(self) -> bool:
-        return self.path.startswith("/admin/")
 
     @property
     def binary(self) -> bool:
@@ -81,45 +98,26 @@ OPERATIONS: tuple[Operation, ...] = (
         "POST", f"{_V}/infer", "modelVersionInfer", "Inference on one version",
         oip.InferenceResponse, oip.InferenceRequest, (400, 404, 413, 503),
     ),
-    Operation(
-        "GET", "/admin/models", "listModels", "Models with their prod and canary versions",
-        admin.ModelList, None, (403,),
-    ),
-    Operation(
-        "GET", "/admin/models/{model}/versions", "listVersions",
-        "A model's versions with status and metrics", admin.VersionList, None, (403, 404),
-    ),
-    Operation(
-        "GET", "/admin/models/{model}/audit", "auditLog",
-        "Who changed the model's aliases and versions, when and why", admin.AuditLog, None,
-        (403, 404),
-    ),
-    Operation(
-        "POST", "/admin/models/{model}/promote", "promote",
-        "Point prod at a READY version (conditional write, audited)", admin.AliasInfo,
-        admin.PromoteRequest, (400, 403, 404, 409),
-    ),
-    Operation(
-        "POST", "/admin/models/{model}/canary", "setCanary",
-        "Send a fraction of unversioned requests to a READY version; weight 0 removes it",
-        admin.AliasInfo, admin.CanaryRequest, (400, 403, 404, 409),
-    ),
-    Operation(
-        "POST", "/admin/models/{model}/rollback", "rollback",
-        "Undo the latest deployment: an active canary, else the last promotion",
-        admin.AliasInfo, admin.RollbackRequest, (400, 403, 404, 409),
-    ),
 )  # fmt: skip
 
-_ERRORS = {
-    400: "Malformed or inconsistent request",
-    403: "Not SigV4-signed by an authorized IAM identity",
-    404: "No such model, version or route",
-    409: "The registry is not in a state that allows it (conditional write lost or refused)",
-    413: "Body above Lambda's 6 MB payload limit, batch above the configured maximum, or a "
-    "BYTES element above 64 KiB",
-    503: "The model cannot serve now (not READY, artifact missing or failing its checksum)",
-}
+
+def admin_document() -> dict[str, Any]:
+    """The admin function's operations and schemas, as its resolver documents them."""
+    from aws_lambda_powertools.event_handler.openapi.models import APIKey
+
+    handler = load_handler("admin")
+    doc: dict[str, Any] = json.loads(
+        handler.app.get_openapi_json_schema(
+            security_schemes={"sigv4": APIKey.model_validate(SECURITY_SCHEMES["sigv4"])}
+        )
+    )
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            op["responses"].pop("422", None)
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in _POWERTOOLS_VALIDATION:
+        schemas.pop(name, None)
+    return doc
 
 
 def _schemas() -> dict[str, Any]:
@@ -130,7 +128,7 @@ def _schemas() -> dict[str, Any]:
     _, doc = models_json_schema(
         [(m, "validation") for m in unique], ref_template="#/components/schemas/{model}"
     )
-    return dict(sorted(doc["$defs"].items()))
+    return dict(doc["$defs"])
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -141,7 +139,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     out: dict[str, Any] = {
         "operationId": op.operation_id,
         "summary": op.summary,
-        "tags": ["admin" if op.admin else "inference"],
+        "tags": ["inference"],
     }
     params: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -196,12 +194,12 @@ def _operation(op: Operation) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": ok}
     for code in op.errors:
         responses[str(code)] = {
-            "description": _ERRORS[code],
+            "description": ERRORS[code],
             "content": {"application/json": {"schema": _ref(oip.ErrorResponse)}},
         }
     out["responses"] = responses
-    # Admin: always IAM. Inference: what the stack's InferenceAuth parameter chose.
-    out["security"] = [{"sigv4": []}] if op.admin else [{}, {"sigv4": []}, {"jwt": []}]
+    # What the stack's InferenceAuth parameter chose (admin operations are always IAM).
+    out["security"] = [{}, {"sigv4": []}, {"jwt": []}]
     return out
 
 
@@ -209,6 +207,11 @@ def build() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    admin = admin_document()
+    paths.update(admin["paths"])
+    schemas = _schemas()
+    for name, schema in admin["components"]["schemas"].items():
+        schemas.setdefault(name, schema)  # ErrorResponse: the one the OIP models define
     return {
         "openapi": "3.1.0",
         "info": {
@@ -217,7 +220,8 @@ def build() -> dict[str, Any]:
             "description": "Open Inference Protocol v2 (REST, with the binary tensor data "
             "extension) under /v2, model management under /admin. Generated by "
             "infra/maas_local/openapi.py (`make openapi`) from the pydantic models the "
-            "handlers validate with; do not edit by hand.",
+            "handlers validate with (the admin function's Powertools resolver for /admin); "
+            "do not edit by hand.",
         },
         "servers": [
             {
@@ -232,21 +236,8 @@ def build() -> dict[str, Any]:
         ],
         "paths": paths,
         "components": {
-            "schemas": _schemas(),
-            "securitySchemes": {
-                "sigv4": {
-                    "type": "apiKey",
-                    "name": "Authorization",
-                    "in": "header",
-                    "description": "AWS SigV4 (service execute-api): API Gateway AWS_IAM.",
-                },
-                "jwt": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "bearerFormat": "JWT",
-                    "description": "InferenceAuth=JWT: a token from JwtIssuer for JwtAudience.",
-                },
-            },
+            "schemas": dict(sorted(schemas.items())),
+            "securitySchemes": SECURITY_SCHEMES,
         },
     }
 

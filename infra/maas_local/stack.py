@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from maas.core.config import FUNCTION_SETTINGS
 from maas_cli.connect import port_open
 from maas_devkit.account import (
     LOCAL_TRAINING_QUEUE_ID,
@@ -265,9 +266,6 @@ class LocalStack:
             else:
                 os.environ[key] = value
         self._saved_env = {}
-        from maas.core.config import settings
-
-        settings.cache_clear()
         self._lock.release()
 
     def __enter__(self) -> LocalStack:
@@ -372,13 +370,14 @@ class LocalStack:
                     "LOG_LEVEL": "WARNING",
                 }
             )
+        # Each function's settings from what it will see: a variable missing or invalid fails
+        # the start, naming it, rather than the function's first event.
+        for settings in FUNCTION_SETTINGS.values():
+            settings.from_env({**os.environ, **env})
         # The functions run in this process: they see this process's environment. Keep what
         # was there so stop() can put it back (tests and `maas demo` run more after us).
         self._saved_env = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
-        from maas.core.config import settings
-
-        settings.cache_clear()
 
     # --- state: saved as it changes, recovered at start --------------------------------
 

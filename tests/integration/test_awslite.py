@@ -238,7 +238,7 @@ def test_registry_and_store_read_through_the_light_clients(
     iris_model: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from maas.core.config import Settings
+    from maas.core.config import InferenceSettings
     from maas.core.registry import Registry
     from maas.core.storage import Storage
     from maas.serving.store import ModelStore
@@ -266,7 +266,7 @@ def test_registry_and_store_read_through_the_light_clients(
     reader = Registry("maas-registry", table=session.table("maas-registry"))
     assert reader.get_alias("iris") == writer.get_alias("iris")
     assert reader.list_versions("iris") == writer.list_versions("iris")
-    settings = Settings(
+    settings = InferenceSettings(
         registry_table="maas-registry",
         artifact_bucket=ARTIFACT_BUCKET,
         model_cache_dir=str(tmp_path / "cache"),

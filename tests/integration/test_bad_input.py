@@ -8,7 +8,6 @@ this is the catalogue the README's reliability table reports.
 
 from __future__ import annotations
 
-import base64
 import json
 import struct
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from maas.core.config import settings
+from maas.serving.http import ClientResponse
 from maas.serving.oip import MAX_BYTES_ELEMENT
 from maas_devkit.events import http_event
 from maas_devkit.lambda_runtime import load_handler
@@ -52,7 +51,6 @@ def handler(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Any:
     monkeypatch.setenv("MAX_BATCH_SIZE", str(MAX_BATCH))
-    settings.cache_clear()
     publish_model(registry, storage, "iris", 1, iris_model.onnx, promote=True)
     publish_model(registry, storage, "iris", 2, iris_model.onnx, status="TRAINING")
     publish_model(registry, storage, "words", 1, words_model(), promote=True)
@@ -312,12 +310,8 @@ def call(app: Any, context: Any, request: Request) -> tuple[int, Any, dict[str, 
     event = http_event(method, path, body, headers=headers, base64=b64 is True)
     if b64 == "raw":
         event["isBase64Encoded"] = True
-    response = app.lambda_handler(event, context)
-    raw = response.get("body") or ""
-    if response.get("isBase64Encoded"):
-        raw = base64.b64decode(raw).decode()
-    lowered = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
-    return response["statusCode"], json.loads(raw) if raw else None, lowered
+    reply = ClientResponse.of(app.lambda_handler(event, context))
+    return reply.status, reply.json(), reply.headers
 
 
 def test_each_bad_request_is_refused_with_an_error_and_the_next_one_is_served(

@@ -10,7 +10,6 @@ Checks: no 5xx, status codes, content types, headers and bodies as the document 
 
 from __future__ import annotations
 
-import base64
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ from urllib.parse import quote
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from maas.serving.http import ClientResponse
 from maas_devkit.events import http_api_event
 from maas_devkit.lambda_runtime import LambdaContext, load_handler
 from maas_devkit.publish import publish_model
@@ -96,11 +96,9 @@ class HandlerApp:
             result = self.admin.lambda_handler(event, self.context)
         else:
             result = self.inference.lambda_handler(event, self.context)
-        status = int(result["statusCode"])
+        status, headers, payload = ClientResponse.of(result)
         self.statuses[status] += 1
-        raw = result.get("body") or ""
-        payload = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode()
-        out = [(k, str(v)) for k, v in (result.get("headers") or {}).items()]
+        out = list(headers.items())
         out.append(("Content-Length", str(len(payload))))
         start_response(f"{status} {'OK' if status < 400 else 'Error'}", out)
         return [payload]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from maas.core.config import settings
+from maas.serving.http import ClientResponse
 from maas_devkit.events import event_file, http_event
 from maas_devkit.lambda_runtime import load_handler
 from maas_devkit.models import infer_body, train_tiny_classifier
@@ -43,12 +42,11 @@ class Api:
         self.context = context
 
     def __call__(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Reply:
-        response = self.app.lambda_handler(http_event(method, path, body, **kwargs), self.context)
-        raw = response.get("body") or ""
-        if response.get("isBase64Encoded"):
-            raw = base64.b64decode(raw).decode()
-        headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
-        return Reply(response["statusCode"], json.loads(raw) if raw else None, headers)
+        return self.invoke(http_event(method, path, body, **kwargs))
+
+    def invoke(self, event: dict[str, Any]) -> Reply:
+        reply = ClientResponse.of(self.app.lambda_handler(event, self.context))
+        return Reply(reply.status, reply.json(), reply.headers)
 
     def infer(self, model: str, body: Any, version: str | None = None, **kwargs: Any) -> Reply:
         path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
@@ -232,11 +230,7 @@ def test_infer_base64_body_that_is_not_utf8_json_is_400(api: Api, iris: Any) -> 
 def test_infer_invalid_base64_body_is_400(api: Api, iris: Any) -> None:
     event = http_event("POST", "/v2/models/iris/infer", "x")
     event.update({"body": "not*base64!", "isBase64Encoded": True})
-    response = api.app.lambda_handler(event, api.context)
-    headers = {k.lower(): v for k, v in response["headers"].items()}
-    assert_error(
-        Reply(response["statusCode"], json.loads(response["body"]), headers), 400, "base64"
-    )
+    assert_error(api.invoke(event), 400, "base64")
 
 
 def test_infer_versioned_route_serves_that_version_and_unversioned_follows_prod(
@@ -250,7 +244,6 @@ def test_infer_versioned_route_serves_that_version_and_unversioned_follows_prod(
 ) -> None:
     # GIVEN v1 in prod and a v2 that labels differently, not yet promoted; no alias caching
     monkeypatch.setenv("ALIAS_TTL_S", "0")
-    settings.cache_clear()
     api = Api(load_handler("inference"), lambda_context)
     publish_model(registry, storage, "iris", 2, iris_model_reversed.onnx)
     body = infer_body(iris.features[:1], outputs=["label"])
@@ -385,7 +378,6 @@ def test_batch_above_max_batch_size_is_413(
 ) -> None:
     # GIVEN a function configured for batches of at most 4
     monkeypatch.setenv("MAX_BATCH_SIZE", "4")
-    settings.cache_clear()
     api = Api(load_handler("inference"), lambda_context)
 
     # THEN 4 rows pass and 5 are refused as too large

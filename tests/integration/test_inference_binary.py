@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from maas.core.config import settings
+from maas.serving.http import ClientResponse
 from maas.serving.oip import InferenceResponse
 from maas_devkit.events import http_event
 from maas_devkit.lambda_runtime import load_handler
@@ -117,10 +117,8 @@ class Api:
         hdrs.update(headers or {})
         event = http_event("POST", path, body, headers=hdrs, base64=binary)
         response = self.app.lambda_handler(event, self.context)
-        raw = response.get("body") or ""
-        payload = base64.b64decode(raw) if response.get("isBase64Encoded") else raw.encode()
-        out_headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
-        return Raw(response["statusCode"], out_headers, payload, bool(response["isBase64Encoded"]))
+        status, out_headers, payload = ClientResponse.of(response)
+        return Raw(status, out_headers, payload, bool(response["isBase64Encoded"]))
 
     def binary(
         self,
@@ -396,7 +394,6 @@ def test_binary_batch_above_max_batch_size_is_413(
     aws: Any, iris: Any, monkeypatch: pytest.MonkeyPatch, lambda_context: Any
 ) -> None:
     monkeypatch.setenv("MAX_BATCH_SIZE", "64")
-    settings.cache_clear()
     api = Api(load_handler("inference"), lambda_context)
     ok = api.binary("iris", [("input", "FP32", [64, 4], np.zeros((64, 4), "<f4").tobytes())])
     assert ok.status == 200

@@ -14,7 +14,7 @@ import botocore.session
 import pytest
 from botocore.exceptions import ClientError
 from botocore.validate import validate_parameters
-from maas.core.config import settings
+from maas.core.config import IngestSettings
 from maas.core.names import job_name
 from maas.core.registry import FAILED, TRAINING, Registry
 from maas.core.storage import Storage
@@ -92,7 +92,9 @@ def test_lone_csv_upload_starts_sagemaker_job_with_the_documented_request(
     [name] = training_jobs(aws)
     assert name.startswith("maas-digits-")
     job = aws.sagemaker.describe_training_job(TrainingJobName=name)
-    assert job["AlgorithmSpecification"]["TrainingImage"] == settings().training_image
+    assert (
+        job["AlgorithmSpecification"]["TrainingImage"] == IngestSettings.from_env().training_image
+    )
     assert job["AlgorithmSpecification"]["TrainingInputMode"] == "File"
     assert job["RoleArn"] == "arn:aws:iam::123456789012:role/maas-training"
     [channel] = job["InputDataConfig"]
@@ -453,7 +455,6 @@ def test_without_a_dlq_a_permanent_failure_fails_its_message_alone(
 ) -> None:
     # GIVEN an ingest function with no INGEST_DLQ_URL (SQS's redrive is then the only way)
     monkeypatch.delenv("INGEST_DLQ_URL")
-    settings.cache_clear()
     app = load_handler("ingest")
     good = put_and_notify(aws.s3, "maas-data", "datasets/digits/digits.csv", CSV)
     event = sqs_event("this is not json", good)
@@ -529,7 +530,7 @@ class FlakySummaryRegistry(Registry):
 def test_spec_survives_a_failure_while_recording_it(aws: Any) -> None:
     # GIVEN an ingest whose first attempt to record the job spec fails
     registry = FlakySummaryRegistry(aws.table)
-    ingest = Ingest(registry, Storage(), SageMakerBackend(settings()))
+    ingest = Ingest(registry, Storage(), SageMakerBackend(IngestSettings.from_env()))
     note = put_and_notify(
         aws.s3,
         "maas-data",
@@ -559,7 +560,6 @@ def test_local_backend_queues_the_same_create_training_job_request(
     # GIVEN the local stack's backend
     monkeypatch.setenv("TRAINING_BACKEND", "local")
     monkeypatch.setenv("LOCAL_TRAINING_QUEUE_URL", aws.local_training_queue_url)
-    settings.cache_clear()
     app = load_handler("ingest")
     note = put_and_notify(aws.s3, "maas-data", "datasets/digits/digits.csv", CSV)
 

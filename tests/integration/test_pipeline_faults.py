@@ -19,7 +19,6 @@ from typing import Any
 
 import boto3
 import pytest
-from maas.core.config import settings
 from maas_devkit.events import http_event, put_and_notify, sqs_event
 from maas_devkit.lambda_runtime import LambdaContext, load_handler
 from maas_devkit.models import infer_body
@@ -107,7 +106,6 @@ def test_failed_training_job_is_failed_with_its_reason_and_prod_keeps_serving(
     # GIVEN the ingest function hands jobs to the local runner (as the local stack's does)
     monkeypatch.setenv("TRAINING_BACKEND", "local")
     monkeypatch.setenv("LOCAL_TRAINING_QUEUE_URL", aws.local_training_queue_url)
-    settings.cache_clear()
     put_and_notify(aws.s3, aws.data_bucket, "datasets/iris/run-2/data.csv", data.encode())
     note = put_and_notify(
         aws.s3, aws.data_bucket, "datasets/iris/run-2/job.json", json.dumps(job).encode()

@@ -8,8 +8,6 @@ serving uses (both are tried), and sees the connection refused, as in an outage.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +17,8 @@ from typing import Any
 import boto3
 import pytest
 from conftest import stack_template
-from maas.core.config import Settings, settings
+from maas.core.config import InferenceSettings
+from maas.serving.http import ClientResponse
 from maas.serving.store import ModelStore, ModelUnavailable
 from maas_devkit.account import ARTIFACT_BUCKET, create_resources
 from maas_devkit.events import http_event
@@ -33,11 +32,8 @@ SECTION = "Serving faults"
 
 def call(app: Any, context: Any, path: str, body: Any = None) -> tuple[int, Any]:
     event = http_event("POST" if body is not None else "GET", path, body)
-    response = app.lambda_handler(event, context)
-    raw = response.get("body") or ""
-    if response.get("isBase64Encoded"):
-        raw = base64.b64decode(raw).decode()
-    return response["statusCode"], json.loads(raw) if raw else None
+    reply = ClientResponse.of(app.lambda_handler(event, context))
+    return reply.status, reply.json()
 
 
 # --- integrity and memory (moto in process) -----------------------------------------------
@@ -92,7 +88,6 @@ def test_model_larger_than_the_session_cache_evicts_the_others_instead_of_crashi
     # GIVEN a function whose session cache may hold 256 KiB of models, two small models and
     # one of ~1 MiB (more than the whole budget)
     monkeypatch.setenv("SESSION_CACHE_MB", "0.25")
-    settings.cache_clear()
     for name in ("small-a", "small-b"):
         publish_model(registry, storage, name, 1, iris_model.onnx, promote=True)
     publish_model(registry, storage, "large", 1, padded_model(iris_model, 256 * 1024), promote=True)
@@ -121,7 +116,8 @@ def test_model_larger_than_the_session_cache_evicts_the_others_instead_of_crashi
 
 
 def test_model_too_large_for_the_functions_memory_is_refused_not_loaded() -> None:
-    store = ModelStore(Settings(function_memory_mb=128), registry=None, storage=None)  # type: ignore[arg-type]
+    settings = InferenceSettings(registry_table="t", artifact_bucket="b", function_memory_mb=128)
+    store = ModelStore(settings, registry=None, storage=None)  # type: ignore[arg-type]
     with pytest.raises(ModelUnavailable, match="more memory"):
         store._make_room("huge", 1, 200 * 1024 * 1024)
 
@@ -188,7 +184,6 @@ def split_aws(
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    settings.cache_clear()
     split.dynamodb.up()
     split.s3.up()
     try:
@@ -210,7 +205,6 @@ def split_aws(
         requests.post(f"{split.dynamodb.url}/moto-api/reset", timeout=10)  # moto is per process
         split.dynamodb.down()
         split.s3.down()
-        settings.cache_clear()
 
 
 @pytest.mark.parametrize("outage", ["dynamodb", "s3"])

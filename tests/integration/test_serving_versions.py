@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
-from maas.core.config import Settings, settings
+from maas.core.config import InferenceSettings
 from maas.serving.oip import decode_request
 from maas.serving.store import Route
 from maas_devkit.events import http_event
@@ -20,13 +20,14 @@ from maas_devkit.models import infer_body
 from maas_devkit.publish import publish_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
+# The inference function's required settings, for building one directly.
+NAMES = {"registry_table": "maas-registry", "artifact_bucket": "maas-artifacts"}
 
 
 @pytest.fixture
 def app(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The inference handler with no alias caching, so each request sees the registry."""
     monkeypatch.setenv("ALIAS_TTL_S", "0")
-    settings.cache_clear()
     return load_handler("inference")
 
 
@@ -153,9 +154,9 @@ def test_removing_a_canary_evicts_it(
 
 
 def test_alias_ttl_is_bounded_to_60_seconds() -> None:
-    assert Settings(alias_ttl_s=60).alias_ttl_s == 60
+    assert InferenceSettings(**NAMES, alias_ttl_s=60).alias_ttl_s == 60
     with pytest.raises(ValueError, match="alias_ttl_s"):
-        Settings(alias_ttl_s=61)
+        InferenceSettings(**NAMES, alias_ttl_s=61)
 
 
 def test_promotion_is_served_once_the_ttl_passes(
@@ -163,7 +164,6 @@ def test_promotion_is_served_once_the_ttl_passes(
 ) -> None:
     # GIVEN a warm function caching the alias for 0.3 s
     monkeypatch.setenv("ALIAS_TTL_S", "0.3")
-    settings.cache_clear()
     app = load_handler("inference")
     assert ask(app, lambda_context)["model_version"] == "1"
 

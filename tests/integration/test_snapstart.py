@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from maas.core.config import settings
 from maas_devkit.cfn import load_template
 from maas_devkit.events import http_event
 from maas_devkit.lambda_runtime import load_handler
@@ -50,7 +49,6 @@ def test_init_loads_prod_models_and_a_restore_rereads_the_alias(
     publish_model(registry, storage, "iris", 2, iris_model_reversed.onnx)
     monkeypatch.setenv("PRELOAD_MODELS", "*")
     monkeypatch.setenv("ALIAS_TTL_S", "60")
-    settings.cache_clear()
 
     # WHEN the handler is imported (init, as the snapshot is taken)
     app = load_handler("inference")
@@ -76,7 +74,6 @@ def test_preload_of_named_models_skips_those_without_prod(
     publish_model(registry, storage, "iris", 1, iris_model.onnx, promote=True)
     publish_model(registry, storage, "draft", 1, iris_model.onnx)  # ready, never promoted
     monkeypatch.setenv("PRELOAD_MODELS", "draft,iris,absent")
-    settings.cache_clear()
     app = load_handler("inference")
     assert app.store().loaded_versions("iris") == [1]
     assert app.store().loaded_versions("draft") == []
@@ -87,7 +84,6 @@ def test_a_failing_preload_does_not_fail_init(
 ) -> None:
     monkeypatch.setenv("PRELOAD_MODELS", "*")
     monkeypatch.setenv("REGISTRY_TABLE", "no-such-table")
-    settings.cache_clear()
     app = load_handler("inference")  # the registry cannot be read: logged, init goes on
     response = app.lambda_handler(http_event("GET", "/v2/health/live"), lambda_context)
     assert response["statusCode"] == 200

@@ -41,7 +41,7 @@ def test_cold_start_once_then_latency_per_invocation(monkeypatch, capsys) -> Non
     # Later invocations: no ColdStart; an inference's latency when one ran.
     app.lambda_handler(http_event("GET", "/v2/health/live"), context)
     assert _lines(capsys) == []
-    app._metrics["InferenceLatency"] = 1.25
+    app.serving.metrics.add_latency("InferenceLatency", 1.25)
     app.lambda_handler(http_event("GET", "/v2/health/ready"), context)
     (latency,) = _lines(capsys)
     assert latency["_aws"]["CloudWatchMetrics"] == [
@@ -53,7 +53,7 @@ def test_cold_start_once_then_latency_per_invocation(monkeypatch, capsys) -> Non
     ]
     assert latency["service"] == "maas-inference"
     assert latency["InferenceLatency"] == [1.25]
-    assert app._metrics == {}
+    assert app.serving.metrics.values == {}
 
 
 def test_no_metrics_without_a_namespace_or_when_disabled(monkeypatch, capsys) -> None:

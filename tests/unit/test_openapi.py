@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import pytest
+from maas.serving.http import Router
 from maas_devkit.cfn import load_template
 from maas_devkit.lambda_runtime import load_handler
 from maas_devkit.repo import TEMPLATE
@@ -21,8 +22,8 @@ def _document_routes(doc: dict[str, Any]) -> set[tuple[str, str]]:
 
 def _handler_routes(function: str) -> set[tuple[str, str]]:
     handler = load_handler(function)
-    if hasattr(handler, "ROUTES"):  # the inference function's own table (method, path, ...)
-        pairs = [(method, path) for method, path, *_ in handler.ROUTES]
+    if isinstance(handler.app, Router):  # the inference function's (maas.serving.http)
+        pairs = [(method, path) for method, path, *_ in handler.app.routes]
     else:  # Powertools keeps what @app.get/@app.post registered
         routes = handler.app._static_routes + handler.app._dynamic_routes
         pairs = [(route.method, route.path) for route in routes]

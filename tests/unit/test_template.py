@@ -524,14 +524,21 @@ def test_admin_function_writes_only_the_registry(tpl: dict[str, Any], res: dict[
 
 
 def test_environment_matches_config() -> None:
-    """Every variable the template sets is one maas.core.config reads (or a documented extra)."""
-    source = (REPO / "layers/shared/maas/core/config.py").read_text()
-    read = set(re.findall(r'env\.get\("([A-Z0-9_]+)"', source))
-    assert read, "maas/core/config.py reads no environment variables?"
+    """Every variable the template sets is one a function declares (maas.core.config, or a
+    documented extra), and every function is given each variable its settings require."""
+    from maas.core import config
+
+    read = config.variables()
+    assert read, "maas.core.config declares no environment variables?"
+    assert set(config.FUNCTION_SETTINGS) == set(FUNCTIONS)
     tpl = load_template()
     for function in FUNCTIONS:
-        unknown = set(function_environment(tpl, function)) - read - NON_CONFIG_ENV
+        env = set(function_environment(tpl, function))
+        unknown = env - read - NON_CONFIG_ENV
         assert not unknown, f"{function} sets variables nothing reads: {unknown}"
+        declared = config.FUNCTION_SETTINGS[function].variables()
+        missing = {name for name, required in declared.items() if required} - env
+        assert not missing, f"{function} lacks variables its settings require: {missing}"
     ingest = function_environment(tpl, "IngestFunction")
     for name in (
         "DATA_BUCKET",

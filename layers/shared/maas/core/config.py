@@ -1,11 +1,16 @@
-"""Environment variables as a model: the one place configuration is read.
+"""Environment variables as a model: each function declares the environment it reads, once.
 
-A dataclass whose fields declare their bounds, checked and coerced on construction the way
-pydantic's lax mode reads environment strings ("30" -> 30, "false" -> False). Not pydantic on
-purpose: every function reads its settings on its first request, and importing pydantic and
-building a model costs a cold inference function more than its whole budget over importing
-onnxruntime (bench/coldstart.py). Job specs and the wire schema, which validate what users send,
-stay pydantic models.
+One dataclass per function (IngestSettings, OptimizeSettings, InferenceSettings,
+AdminSettings), each field naming its variable, its default (none: required) and its bounds,
+checked and coerced on construction the way pydantic's lax mode reads environment strings
+("30" -> 30, "false" -> False). A required variable that is unset or empty fails from_env()
+with an error naming it. Not pydantic on purpose: the inference function reads its settings
+on its cold path, and importing pydantic and building a model costs a cold inference function
+more than its whole budget over importing onnxruntime (bench/coldstart.py). Job specs and the
+wire schema, which validate what users send, stay pydantic models.
+
+FUNCTION_SETTINGS maps template.yaml's functions to their models: the template checks and the
+tests' environment resets are derived from it.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 
 class SettingsError(ValueError):
@@ -24,81 +29,126 @@ class SettingsError(ValueError):
 
 
 def setting(
-    default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None
+    env: str,
+    default: Any = dataclasses.MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
 ) -> Any:
-    """A field with bounds (as pydantic's Field(ge=, gt=, le=) would declare them)."""
-    return dataclasses.field(default=default, metadata={"ge": ge, "gt": gt, "le": le})
+    """A field read from the variable `env`; no default: required. Bounds as pydantic's
+    Field(ge=, gt=, le=) would declare them."""
+    return dataclasses.field(default=default, metadata={"env": env, "ge": ge, "gt": gt, "le": le})
 
 
-@dataclass
-class Settings:
-    data_bucket: str = ""
-    artifact_bucket: str = ""
-    registry_table: str = ""
-    stack_name: str = "maas"
-    # Training backend: SageMaker CreateTrainingJob on AWS; the local stack's runner otherwise.
-    training_backend: Literal["sagemaker", "local"] = "sagemaker"
-    local_training_queue_url: str = ""
-    # Ingest: permanent failures (no model to record them under) go here with their reason.
-    ingest_dlq_url: str = ""
-    training_role_arn: str = ""
-    training_image: str = ""
-    training_code_s3: str = ""
-    training_instance_type: str = "ml.g5.xlarge"
-    training_instance_count: int = setting(1, ge=1)
-    training_spot: bool = True
-    training_max_runtime_s: int = setting(3600, ge=60)
-    # Serving.
-    alias_ttl_s: float = setting(10.0, ge=0, le=60)
-    session_cache_size: int = setting(4, ge=1)
-    # Bytes of model files the session cache may hold; unset: half the function's memory.
-    session_cache_mb: float | None = setting(None, gt=0)
-    max_batch_size: int = setting(1024, ge=1)
-    function_memory_mb: int = setting(1769, ge=128)
-    model_cache_dir: str = "/tmp/maas-models"  # noqa: S108 - Lambda's only writable path
-    # SnapStart: models whose prod version init loads ("a,b", or "*" for every prod model).
-    preload_models: str = ""
+@dataclass(kw_only=True)
+class EnvSettings:
+    """What the four functions' settings share: coercion, bounds, reading the environment."""
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            value = _coerce(f.name, getattr(self, f.name), hints[f.name])
-            _check_bounds(f.name, value, f.metadata)
+            where = f"{f.metadata['env']} ({f.name})"
+            value = _coerce(where, getattr(self, f.name), hints[f.name])
+            _check_bounds(where, value, f.metadata)
             setattr(self, f.name, value)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """The settings from `environ` (the process environment); unset or empty: the default."""
+        env = os.environ if environ is None else environ
+        given: dict[str, Any] = {}
+        missing = []
+        for f in dataclasses.fields(cls):
+            value = env.get(f.metadata["env"])
+            if value not in (None, ""):
+                given[f.name] = value  # a string: __post_init__ coerces it
+            elif f.default is dataclasses.MISSING:
+                missing.append(f.metadata["env"])
+        if missing:
+            raise SettingsError(
+                f"{cls.__name__}: required environment variable(s) not set: {', '.join(missing)}"
+            )
+        return cls(**given)
+
+    @classmethod
+    def variables(cls) -> dict[str, bool]:
+        """Each variable this function reads, and whether it is required."""
+        return {
+            f.metadata["env"]: f.default is dataclasses.MISSING for f in dataclasses.fields(cls)
+        }
+
+
+@dataclass(kw_only=True)
+class IngestSettings(EnvSettings):
+    data_bucket: str = setting("DATA_BUCKET")
+    artifact_bucket: str = setting("ARTIFACT_BUCKET")
+    registry_table: str = setting("REGISTRY_TABLE")
+    stack_name: str = setting("STACK_NAME", "maas")
+    # Training backend: SageMaker CreateTrainingJob on AWS; the local stack's runner otherwise.
+    training_backend: Literal["sagemaker", "local"] = setting("TRAINING_BACKEND", "sagemaker")
+    local_training_queue_url: str | None = setting("LOCAL_TRAINING_QUEUE_URL", None)
+    # Permanent failures (no model to record them under) go here with their reason.
+    ingest_dlq_url: str | None = setting("INGEST_DLQ_URL", None)
+    training_role_arn: str = setting("TRAINING_ROLE_ARN")
+    training_image: str = setting("TRAINING_IMAGE")
+    training_code_s3: str = setting("TRAINING_CODE_S3")
+    training_instance_type: str = setting("TRAINING_INSTANCE_TYPE", "ml.g5.xlarge")
+    training_instance_count: int = setting("TRAINING_INSTANCE_COUNT", 1, ge=1)
+    training_spot: bool = setting("TRAINING_SPOT", True)
+    training_max_runtime_s: int = setting("TRAINING_MAX_RUNTIME_S", 3600, ge=60)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.training_backend == "local" and not self.local_training_queue_url:
+            raise SettingsError("TRAINING_BACKEND=local needs LOCAL_TRAINING_QUEUE_URL")
+
+
+@dataclass(kw_only=True)
+class OptimizeSettings(EnvSettings):
+    artifact_bucket: str = setting("ARTIFACT_BUCKET")
+    registry_table: str = setting("REGISTRY_TABLE")
+
+
+@dataclass(kw_only=True)
+class InferenceSettings(EnvSettings):
+    artifact_bucket: str = setting("ARTIFACT_BUCKET")
+    registry_table: str = setting("REGISTRY_TABLE")
+    alias_ttl_s: float = setting("ALIAS_TTL_S", 10.0, ge=0, le=60)
+    session_cache_size: int = setting("SESSION_CACHE_SIZE", 4, ge=1)
+    # Bytes of model files the session cache may hold; unset: half the function's memory.
+    session_cache_mb: float | None = setting("SESSION_CACHE_MB", None, gt=0)
+    max_batch_size: int = setting("MAX_BATCH_SIZE", 1024, ge=1)
+    # Lambda sets it from the function's MemorySize.
+    function_memory_mb: int = setting("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 1769, ge=128)
+    # /tmp: Lambda's only writable path.
+    model_cache_dir: str = setting("MODEL_CACHE_DIR", "/tmp/maas-models")  # noqa: S108
+    # SnapStart: models whose prod version init loads ("a,b", or "*" for every prod model).
+    preload_models: str | None = setting("PRELOAD_MODELS", None)
 
     @property
     def session_cache_bytes(self) -> int:
         mb = self.session_cache_mb or self.function_memory_mb / 2
         return int(mb * 1024 * 1024)
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        env = os.environ
-        raw = {
-            "data_bucket": env.get("DATA_BUCKET"),
-            "artifact_bucket": env.get("ARTIFACT_BUCKET"),
-            "registry_table": env.get("REGISTRY_TABLE"),
-            "stack_name": env.get("STACK_NAME"),
-            "training_backend": env.get("TRAINING_BACKEND"),
-            "local_training_queue_url": env.get("LOCAL_TRAINING_QUEUE_URL"),
-            "ingest_dlq_url": env.get("INGEST_DLQ_URL"),
-            "training_role_arn": env.get("TRAINING_ROLE_ARN"),
-            "training_image": env.get("TRAINING_IMAGE"),
-            "training_code_s3": env.get("TRAINING_CODE_S3"),
-            "training_instance_type": env.get("TRAINING_INSTANCE_TYPE"),
-            "training_instance_count": env.get("TRAINING_INSTANCE_COUNT"),
-            "training_spot": env.get("TRAINING_SPOT"),
-            "training_max_runtime_s": env.get("TRAINING_MAX_RUNTIME_S"),
-            "alias_ttl_s": env.get("ALIAS_TTL_S"),
-            "session_cache_size": env.get("SESSION_CACHE_SIZE"),
-            "session_cache_mb": env.get("SESSION_CACHE_MB"),
-            "max_batch_size": env.get("MAX_BATCH_SIZE"),
-            "function_memory_mb": env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"),
-            "model_cache_dir": env.get("MODEL_CACHE_DIR"),
-            "preload_models": env.get("PRELOAD_MODELS"),
-        }
-        given: dict[str, Any] = {k: v for k, v in raw.items() if v not in (None, "")}
-        return cls(**given)  # strings: __post_init__ coerces them
+
+@dataclass(kw_only=True)
+class AdminSettings(EnvSettings):
+    registry_table: str = setting("REGISTRY_TABLE")
+
+
+# template.yaml's logical IDs: what each function reads.
+FUNCTION_SETTINGS: dict[str, type[EnvSettings]] = {
+    "IngestFunction": IngestSettings,
+    "OptimizeFunction": OptimizeSettings,
+    "InferenceFunction": InferenceSettings,
+    "AdminFunction": AdminSettings,
+}
+
+
+def variables() -> set[str]:
+    """Every variable some function reads (what a test resets before setting its own)."""
+    return {name for cls in FUNCTION_SETTINGS.values() for name in cls.variables()}
 
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
@@ -155,8 +205,3 @@ def _check_bounds(name: str, value: Any, bounds: Any) -> None:
         raise SettingsError(f"{name}: {value} must be > {bounds['gt']}")
     if bounds.get("le") is not None and not value <= bounds["le"]:
         raise SettingsError(f"{name}: {value} must be <= {bounds['le']}")
-
-
-@lru_cache(maxsize=1)
-def settings() -> Settings:
-    return Settings.from_env()

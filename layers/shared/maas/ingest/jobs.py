@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import boto3
 from botocore.exceptions import ClientError
 
-from maas.core.config import Settings
+from maas.core.config import IngestSettings
 from maas.ingest.jobspec import JobSpec
 
 TRAINING_OUTPUT_PREFIX = "training-output/"
@@ -41,7 +41,7 @@ class TrainingRequest:
     # More channels beside "train" (name -> S3 prefix): "base" for a finetune's encoder.
     channels: dict[str, str] = field(default_factory=dict)
 
-    def to_create_training_job(self, settings: Settings) -> dict[str, Any]:
+    def to_create_training_job(self, settings: IngestSettings) -> dict[str, Any]:
         """The CreateTrainingJob request for the AWS PyTorch image in script mode."""
         spec = self.spec
         runtime = spec.max_runtime_s or settings.training_max_runtime_s
@@ -108,7 +108,7 @@ class TrainingBackend(Protocol):
 
 
 class SageMakerBackend:
-    def __init__(self, settings: Settings, client: Any = None) -> None:
+    def __init__(self, settings: IngestSettings, client: Any = None) -> None:
         self.settings = settings
         self.sm = client or boto3.client("sagemaker")
 
@@ -125,9 +125,7 @@ class SageMakerBackend:
 class LocalBackend:
     """Hands the same CreateTrainingJob request to the local stack's runner through SQS."""
 
-    def __init__(self, settings: Settings, client: Any = None) -> None:
-        if not settings.local_training_queue_url:
-            raise ValueError("TRAINING_BACKEND=local needs LOCAL_TRAINING_QUEUE_URL")
+    def __init__(self, settings: IngestSettings, client: Any = None) -> None:
         self.settings = settings
         self.sqs = client or boto3.client("sqs")
 
@@ -138,7 +136,7 @@ class LocalBackend:
         )
 
 
-def backend_for(settings: Settings) -> TrainingBackend:
+def backend_for(settings: IngestSettings) -> TrainingBackend:
     if settings.training_backend == "local":
         return LocalBackend(settings)
     return SageMakerBackend(settings)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger
 
 from maas.core.artifacts import model_prefix
-from maas.core.config import Settings
+from maas.core.config import OptimizeSettings
 from maas.core.contract import (
     CALIBRATION_FILE,
     LABELS_FILE,
@@ -60,7 +60,7 @@ class Outcome:
 
 
 class Optimizer:
-    def __init__(self, settings: Settings, registry: Registry, storage: Storage) -> None:
+    def __init__(self, settings: OptimizeSettings, registry: Registry, storage: Storage) -> None:
         self.settings = settings
         self.registry = registry
         self.storage = storage

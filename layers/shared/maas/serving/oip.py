@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from maas.serving.http import PayloadTooLarge, ProtocolError
+
 # OIP datatype -> numpy dtype; and the ONNX Runtime type string for each.
 NP_DTYPES: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -60,16 +62,6 @@ HEADER_LENGTH = "inference-header-content-length"
 _U32 = struct.Struct("<I")
 # One BYTES element (a text): a model reads a few hundred tokens of it; more only costs time.
 MAX_BYTES_ELEMENT = 64 * 1024
-
-
-class ProtocolError(ValueError):
-    """A malformed or inconsistent request: HTTP 400."""
-
-    status = 400
-
-
-class PayloadTooLarge(ProtocolError):
-    status = 413
 
 
 # --- the wire schema (maas.serving.oipschema) -------------------------------------------

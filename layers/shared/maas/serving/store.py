@@ -25,11 +25,12 @@ from maas.core.contract import MANIFEST_FILE, MODEL_FILE
 from maas.core.names import InvalidName, check_model_name
 from maas.core.registry import PROD, READY, Alias, NotFound, Registry
 from maas.core.storage import ObjectMissing, Storage, sha256_file
-from maas.serving.oip import InferRequest, PayloadTooLarge, ProtocolError, oip_datatype, oip_shape
+from maas.serving.http import PayloadTooLarge, ProtocolError
+from maas.serving.oip import InferRequest, oip_datatype, oip_shape
 from maas.serving.ortsession import new_session
 
 if TYPE_CHECKING:
-    from maas.core.config import Settings
+    from maas.core.config import InferenceSettings
 
 MB_PER_VCPU = 1769  # Lambda allocates one vCPU per 1769 MB of memory
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class ModelStore:
     on it hold their own reference and finish normally.
     """
 
-    def __init__(self, settings: Settings, registry: Registry, storage: Storage) -> None:
+    def __init__(self, settings: InferenceSettings, registry: Registry, storage: Storage) -> None:
         self.settings = settings
         self.registry = registry
         self.storage = storage
@@ -191,7 +192,7 @@ class ModelStore:
         self.draw = random.random  # the canary draw; tests replace it
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ModelStore:
+    def from_settings(cls, settings: InferenceSettings) -> ModelStore:
         """A store reading through maas.serving.awslite where it can (see there), else boto3."""
         from maas.serving.awslite import Session, wanted
 
@@ -385,53 +386,10 @@ class ModelStore:
     # --- loading ------------------------------------------------------------------------
 
     def _load(self, model: str, version: int) -> LoadedModel:
-        try:
-            with _reading(REGISTRY):
-                record = self.registry.get_version(model, version)
-        except NotFound:
-            raise ModelNotFound(f"version {version} of model {model!r} not found") from None
-        if record.status != READY:
-            raise ModelUnavailable(
-                f"version {version} of model {model!r} is {record.status}, not READY"
-                + (f": {record.reason}" if record.reason else "")
-            )
+        self._check_ready(model, version)
         prefix = model_prefix(model, version)
-        bucket = self.settings.artifact_bucket
-        try:
-            with _reading(ARTIFACTS):
-                manifest = json.loads(self.storage.get_bytes(bucket, prefix + MANIFEST_FILE))
-        except ObjectMissing:
-            raise ModelUnavailable(
-                f"version {version} of model {model!r} has no manifest"
-            ) from None
-        except ValueError:  # not JSON, or not UTF-8
-            raise ModelUnavailable(
-                f"version {version} of model {model!r} has an unreadable manifest"
-            ) from None
-        if not isinstance(manifest, dict):
-            raise ModelUnavailable(
-                f"version {version} of model {model!r} has an unreadable manifest"
-            )
-        local = self.cache_dir / model / str(version) / MODEL_FILE
-        if not local.exists():
-            # Its own name: containers sharing a cache dir (the local stack) may race here.
-            tmp = local.with_suffix(f".{uuid.uuid4().hex}.part")
-            try:
-                with _reading(ARTIFACTS):
-                    self.storage.download(bucket, prefix + MODEL_FILE, tmp)
-            except ObjectMissing:
-                raise ModelUnavailable(
-                    f"version {version} of model {model!r} has no {MODEL_FILE} in the "
-                    "artifact bucket"
-                ) from None
-            tmp.replace(local)
-        digest = sha256_file(local)
-        if digest != manifest.get("sha256"):
-            local.unlink(missing_ok=True)
-            raise ModelUnavailable(
-                f"version {version} of model {model!r} failed its integrity check "
-                "(sha256 differs from the manifest); not loaded"
-            )
+        manifest = self._manifest(model, version, prefix)
+        local = self._verified_model_file(model, version, prefix, manifest)
         size = local.stat().st_size  # ONNX Runtime's memory follows the graph's weights
         self._make_room(model, version, size)
         session = new_session(local, threads_for_memory(self.settings.function_memory_mb))
@@ -445,27 +403,90 @@ class ModelStore:
         ]
         preprocess = None
         if manifest.get("text"):
-            from maas.serving.textserving import (
-                TEXT_INPUT_META,
-                TextFilesUnavailable,
-                load_preprocess,
-            )
-
-            try:
-                preprocess = load_preprocess(
-                    self.storage,
-                    bucket,
-                    prefix,
-                    manifest,
-                    local.parent / "text",
-                    [i.name for i in inputs],
-                )
-            except (TextFilesUnavailable, ValueError, OSError) as e:
-                raise ModelUnavailable(
-                    f"version {version} of model {model!r} cannot load its text encoder: {e}"
-                ) from None
-            name, datatype, shape = TEXT_INPUT_META
-            inputs = [TensorMeta(name, datatype, list(shape))]
+            preprocess, inputs = self._text_encoder(model, version, prefix, manifest, local, inputs)
         return LoadedModel(
             model, version, session, manifest, inputs, outputs, preprocess, size_bytes=size
         )
+
+    def _check_ready(self, model: str, version: int) -> None:
+        try:
+            with _reading(REGISTRY):
+                record = self.registry.get_version(model, version)
+        except NotFound:
+            raise ModelNotFound(f"version {version} of model {model!r} not found") from None
+        if record.status != READY:
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} is {record.status}, not READY"
+                + (f": {record.reason}" if record.reason else "")
+            )
+
+    def _manifest(self, model: str, version: int, prefix: str) -> dict[str, Any]:
+        bucket = self.settings.artifact_bucket
+        try:
+            with _reading(ARTIFACTS):
+                manifest = json.loads(self.storage.get_bytes(bucket, prefix + MANIFEST_FILE))
+        except ObjectMissing:
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} has no manifest"
+            ) from None
+        except ValueError:  # not JSON, or not UTF-8
+            manifest = None
+        if not isinstance(manifest, dict):
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} has an unreadable manifest"
+            )
+        return manifest
+
+    def _verified_model_file(
+        self, model: str, version: int, prefix: str, manifest: dict[str, Any]
+    ) -> Path:
+        """model.onnx in the local cache (downloaded if absent), its sha256 the manifest's."""
+        local = self.cache_dir / model / str(version) / MODEL_FILE
+        if not local.exists():
+            # Its own name: containers sharing a cache dir (the local stack) may race here.
+            tmp = local.with_suffix(f".{uuid.uuid4().hex}.part")
+            try:
+                with _reading(ARTIFACTS):
+                    self.storage.download(self.settings.artifact_bucket, prefix + MODEL_FILE, tmp)
+            except ObjectMissing:
+                raise ModelUnavailable(
+                    f"version {version} of model {model!r} has no {MODEL_FILE} in the "
+                    "artifact bucket"
+                ) from None
+            tmp.replace(local)
+        digest = sha256_file(local)
+        if digest != manifest.get("sha256"):
+            local.unlink(missing_ok=True)
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} failed its integrity check "
+                "(sha256 differs from the manifest); not loaded"
+            )
+        return local
+
+    def _text_encoder(
+        self,
+        model: str,
+        version: int,
+        prefix: str,
+        manifest: dict[str, Any],
+        local: Path,
+        inputs: list[TensorMeta],
+    ) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], list[TensorMeta]]:
+        """A text model's preprocessing, and the one BYTES input it takes in its graph's place."""
+        from maas.serving.textserving import TEXT_INPUT_META, TextFilesUnavailable, load_preprocess
+
+        try:
+            preprocess = load_preprocess(
+                self.storage,
+                self.settings.artifact_bucket,
+                prefix,
+                manifest,
+                local.parent / "text",
+                [i.name for i in inputs],
+            )
+        except (TextFilesUnavailable, ValueError, OSError) as e:
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} cannot load its text encoder: {e}"
+            ) from None
+        name, datatype, shape = TEXT_INPUT_META
+        return preprocess, [TensorMeta(name, datatype, list(shape))]

@@ -16,7 +16,7 @@ import numpy as np
 
 from maas.core.contract import TEXT_INPUT
 from maas.core.storage import ObjectMissing, Storage, sha256_file
-from maas.serving.oip import ProtocolError
+from maas.serving.http import ProtocolError
 from maas.serving.textprep import TextInputError, load_encoder
 
 Preprocess = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]

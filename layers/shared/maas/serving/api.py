@@ -1,0 +1,146 @@
+"""The Open Inference Protocol v2 REST routes: what the inference function serves, and how its
+failures become `{"error": ...}` responses (400/413 for the request, 404, 503, else 500)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from maas import __version__
+from maas.core.config import InferenceSettings, SettingsError
+from maas.serving.http import (
+    ProtocolError,
+    Request,
+    Response,
+    Router,
+    error_response,
+    json_response,
+)
+from maas.serving.metrics import Metrics
+from maas.serving.oip import HEADER_LENGTH, decode_request, encode_infer_response
+from maas.serving.store import ModelNotFound, ModelStore, ModelUnavailable
+
+logger = logging.getLogger("maas.inference")
+EXTENSIONS = ["binary_tensor_data"]
+
+
+class Serving:
+    """One function's serving state: its settings and model store (made on first use), metrics."""
+
+    def __init__(self) -> None:
+        self._settings: InferenceSettings | None = None
+        self._store: ModelStore | None = None
+        self.metrics = Metrics("maas-inference")
+
+    def settings(self) -> InferenceSettings:
+        if self._settings is None:
+            self._settings = InferenceSettings.from_env()
+        return self._settings
+
+    def store(self) -> ModelStore:
+        """Built on first use, so a cold start that cannot reach AWS fails the request, not init."""
+        if self._store is None:
+            self._store = ModelStore.from_settings(self.settings())
+        return self._store
+
+    def preload(self) -> None:
+        """SnapStart: load PRELOAD_MODELS during init, and re-check the aliases after a restore.
+
+        Never fails init: the first requests load what init could not, or report why.
+        """
+        try:
+            wanted = (self.settings().preload_models or "").strip()
+        except SettingsError as e:  # the requests that need a model fail on it too, and say so
+            logger.error("not preloading: %s", e)
+            return
+        if not wanted:
+            return
+        store = self.store()
+        try:
+            loaded = store.preload(
+                None if wanted == "*" else [m.strip() for m in wanted.split(",")]
+            )
+        except Exception:
+            logger.exception("preloading %s failed", wanted)
+            return
+        logger.info("preloaded %s", ", ".join(f"{m} v{v}" for m, v in loaded) or "no models")
+        try:
+            from snapshot_restore_py import register_after_restore  # Lambda's Python runtime
+        except ImportError:  # not on Lambda (or no SnapStart): nothing to hook
+            return
+        register_after_restore(store.after_restore)
+
+
+def _error(e: Exception) -> Response:
+    """A route's exception as the client sees it: the message, never a trace."""
+    if isinstance(e, ProtocolError):
+        return error_response(e.status, str(e))
+    if isinstance(e, ModelNotFound):
+        return error_response(404, str(e))
+    if isinstance(e, ModelUnavailable):
+        return error_response(503, str(e))
+    if isinstance(e, ClientError | BotoCoreError):
+        logger.exception("AWS dependency failed")
+        return error_response(503, "model store unavailable, retry later")
+    logger.exception("unhandled error")
+    return error_response(500, "internal error; see the function's logs")
+
+
+router = Router(_error)
+
+
+@router.get("/v2/health/live")
+def live(s: Serving, request: Request) -> Response:
+    return json_response(200, {"live": True})
+
+
+@router.get("/v2/health/ready")
+def ready(s: Serving, request: Request) -> Response:
+    return json_response(200, {"ready": True})
+
+
+@router.get("/v2")
+def server_metadata(s: Serving, request: Request) -> Response:
+    body = {"name": "serverless-maas", "version": __version__, "extensions": EXTENSIONS}
+    return json_response(200, body)
+
+
+@router.get("/v2/models/<model>")
+@router.get("/v2/models/<model>/versions/<version>")
+def model_metadata(
+    s: Serving, request: Request, model: str, version: str | None = None
+) -> Response:
+    store = s.store()
+    loaded = store.get(model, version)
+    versions = store.ready_versions(model) if version is None else [str(loaded.version)]
+    return json_response(200, loaded.metadata(versions))
+
+
+@router.get("/v2/models/<model>/ready")
+@router.get("/v2/models/<model>/versions/<version>/ready")
+def model_ready(s: Serving, request: Request, model: str, version: str | None = None) -> Response:
+    loaded = s.store().get(model, version)
+    return json_response(200, {"name": model, "version": str(loaded.version), "ready": True})
+
+
+@router.post("/v2/models/<model>/infer")
+@router.post("/v2/models/<model>/versions/<version>/infer")
+def infer(s: Serving, request: Request, model: str, version: str | None = None) -> Response:
+    """Unversioned: prod, or the canary for its share of requests."""
+    decoded = decode_request(request.body(), request.headers.get(HEADER_LENGTH))
+    store = s.store()
+    loaded = store.get(model, version, canary=True)
+    started = time.perf_counter()
+    outputs = loaded.infer(decoded, store.settings.max_batch_size)
+    s.metrics.add_latency("InferenceLatency", (time.perf_counter() - started) * 1000)
+    payload, header_length = encode_infer_response(model, loaded.version, outputs, decoded)
+    if header_length is None:
+        return Response(200, "application/json", payload.decode())
+    return Response(
+        200,
+        "application/octet-stream",
+        payload,
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )
