@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,3 +79,59 @@ def policy_statements(template: dict[str, Any]) -> Iterator[tuple[str, dict[str,
 
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
+
+
+def evaluate(tpl: dict[str, Any], value: Any, params: dict[str, str]) -> Any:
+    """`value` with the intrinsics the template uses resolved: parameters (defaults, then
+    `params`), pseudo parameters, Sub, If, Equals, Split, Select; a resource's Ref or GetAtt
+    becomes "<Name>" (its value is only known once deployed)."""
+    pseudo = {
+        "AWS::Region": "eu-west-1",
+        "AWS::AccountId": "111122223333",
+        "AWS::Partition": "aws",
+        "AWS::URLSuffix": "amazonaws.com",
+        "AWS::StackName": "maas",
+    }
+    values = {k: str(v.get("Default", "")) for k, v in tpl["Parameters"].items()}
+    values |= params
+    values |= pseudo
+
+    def cond(name: str) -> bool:
+        return bool(ev(tpl["Conditions"][name]))
+
+    def sub(text: str, extra: dict[str, Any]) -> str:
+        def repl(m: re.Match[str]) -> str:
+            key = m.group(1)
+            if key in extra:
+                return str(extra[key])
+            if key in values:
+                return values[key]
+            return f"<{key}>"  # a resource or attribute: its value is not known here
+
+        return re.sub(r"\$\{([^}]+)\}", repl, text)
+
+    def ev(v: Any) -> Any:
+        if isinstance(v, list):
+            return [ev(x) for x in v]
+        if not isinstance(v, dict) or len(v) != 1:
+            return v
+        ((fn, arg),) = v.items()
+        if fn == "Ref":
+            return values.get(arg, f"<{arg}>")
+        if fn == "Fn::Sub":
+            if isinstance(arg, str):
+                return sub(arg, {})
+            return sub(arg[0], {k: ev(x) for k, x in arg[1].items()})
+        if fn == "Fn::If":
+            return ev(arg[1]) if cond(arg[0]) else ev(arg[2])
+        if fn == "Fn::Equals":
+            return ev(arg[0]) == ev(arg[1])
+        if fn == "Fn::Split":
+            return str(ev(arg[1])).split(arg[0])
+        if fn == "Fn::Select":
+            return ev(arg[1])[int(arg[0])]
+        if fn == "Fn::GetAtt":
+            return f"<{arg[0]}.{arg[1]}>"
+        return v
+
+    return ev(value)

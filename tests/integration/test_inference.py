@@ -409,12 +409,15 @@ def test_get_on_infer_route_is_404_not_a_crash(api: Api, iris: Any) -> None:
 
 
 def test_model_with_tampered_artifact_is_503_and_other_models_keep_serving(
-    api: Api, registry: Any, storage: Any, iris: Any, aws: Any
+    api: Api, registry: Any, storage: Any, iris: Any, aws: Any, iris_model_reversed: Any
 ) -> None:
     # GIVEN a second model whose stored model.onnx no longer matches its manifest's sha256
-    publish_model(registry, storage, "tampered", 1, iris.onnx, promote=True)
+    # (bytes of its own: the model cache is keyed by content, see test_serving_versions)
+    publish_model(registry, storage, "tampered", 1, iris_model_reversed.onnx, promote=True)
     aws.s3.put_object(
-        Bucket="maas-artifacts", Key="models/tampered/1/model.onnx", Body=iris.onnx + b"\x00"
+        Bucket="maas-artifacts",
+        Key="models/tampered/1/model.onnx",
+        Body=iris_model_reversed.onnx + b"\x00",
     )
 
     # WHEN both are asked, twice

@@ -40,14 +40,18 @@ def call(app: Any, context: Any, path: str, body: Any = None) -> tuple[int, Any]
 
 
 def test_version_failing_its_checksum_is_never_loaded_and_the_others_serve(
-    aws: Any, registry: Any, storage: Any, iris_model: Any, lambda_context: Any,
-    reliability_report: Any,
+    aws: Any, registry: Any, storage: Any, iris_model: Any, iris_model_reversed: Any,
+    lambda_context: Any, reliability_report: Any,
 ) -> None:  # fmt: skip
     # GIVEN iris v1 in prod and v2 READY whose model.onnx was replaced after its manifest
+    # (v2's own bytes: the model cache is keyed by content, and v1's verified file would
+    # otherwise serve v2's manifest)
     publish_model(registry, storage, "iris", 1, iris_model.onnx, promote=True)
-    publish_model(registry, storage, "iris", 2, iris_model.onnx)
+    publish_model(registry, storage, "iris", 2, iris_model_reversed.onnx)
     aws.s3.put_object(
-        Bucket=ARTIFACT_BUCKET, Key="models/iris/2/model.onnx", Body=iris_model.onnx + b"\x00"
+        Bucket=ARTIFACT_BUCKET,
+        Key="models/iris/2/model.onnx",
+        Body=iris_model_reversed.onnx + b"\x00",
     )
     app = load_handler("inference")
     body = infer_body(iris_model.features[:2])

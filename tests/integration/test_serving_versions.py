@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -104,8 +105,9 @@ def test_versioned_route_ignores_prod_and_canary(
 # --- eviction -----------------------------------------------------------------------------
 
 
-def _cached_file(store: Any, version: int) -> Any:
-    return store.cache_dir / "iris" / str(version) / "model.onnx"
+def _cached_file(store: Any, onnx: bytes) -> Any:
+    """The model cache is content-addressed: a version's file is named by its sha256."""
+    return store.cache_file(hashlib.sha256(onnx).hexdigest())
 
 
 def test_promotion_evicts_the_replaced_version_from_memory_and_tmp(
@@ -114,7 +116,7 @@ def test_promotion_evicts_the_replaced_version_from_memory_and_tmp(
     # GIVEN a warm function serving v1
     store = app.store()
     assert ask(app, lambda_context)["model_version"] == "1"
-    assert store.loaded_versions("iris") == [1] and _cached_file(store, 1).exists()
+    assert store.loaded_versions("iris") == [1] and _cached_file(store, versions.onnx).exists()
 
     # WHEN v2 is promoted and the next request sees it
     registry.promote("iris", 2, actor="bob", reason="v2")
@@ -122,7 +124,7 @@ def test_promotion_evicts_the_replaced_version_from_memory_and_tmp(
 
     # THEN v1, referenced by nothing, is gone from memory and from /tmp
     assert store.loaded_versions("iris") == [2]
-    assert not _cached_file(store, 1).exists()
+    assert not _cached_file(store, versions.onnx).exists()
 
 
 def test_a_version_asked_for_by_number_is_not_evicted(
@@ -232,3 +234,36 @@ def test_requests_racing_promotions_and_canaries_never_fail(
     # THEN no request failed, and every version took requests
     assert not errors, errors[:3]
     assert set(seen) == {1, 2, 3}, seen
+
+
+# --- the model cache is keyed by content -------------------------------------------------------
+
+
+def test_a_reused_model_and_version_with_other_bytes_serves_the_new_bytes(
+    aws: Any, lambda_context: Any, iris_model: Any, iris_model_reversed: Any
+) -> None:
+    # GIVEN iris v1 served once, so its file sits in the function's model cache
+    registry, storage = aws.registry(), aws.storage()
+    publish_model(registry, storage, "iris", 1, iris_model.onnx, promote=True)
+    setosa = infer_body([[5.1, 3.5, 1.4, 0.2]])  # the first class: reversed, it is the last
+    classes = iris_model.classifier.classes
+    first = load_handler("inference")
+    answer = ask(first, lambda_context, body=setosa)
+    assert answer["model_version"] == "1"
+    assert answer["outputs"][1]["data"] == [classes[0]]
+
+    # WHEN the stack starts over (registry and artifacts empty, the cache left as it was) and
+    # a new iris v1 with other bytes (its class names reversed) is published
+    for page in aws.dynamodb.get_paginator("scan").paginate(TableName=aws.table):
+        for item in page["Items"]:
+            aws.dynamodb.delete_item(TableName=aws.table, Key={"pk": item["pk"], "sk": item["sk"]})
+    publish_model(registry, storage, "iris", 1, iris_model_reversed.onnx, promote=True)
+    second = load_handler("inference")  # a new container on the same /tmp
+    answer = ask(second, lambda_context, body=setosa)
+
+    # THEN it serves the new bytes, not the old file and not a 503
+    assert answer["model_version"] == "1"
+    assert answer["outputs"][1]["data"] == [classes[-1]]
+    store = second.store()
+    assert _cached_file(store, iris_model_reversed.onnx).exists()
+    assert _cached_file(store, iris_model.onnx).exists()  # the old entry, never served again

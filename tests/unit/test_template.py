@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from maas_devkit.cfn import (
     as_list,
+    evaluate,
     function_environment,
     function_property,
     load_template,
@@ -78,62 +79,6 @@ def res(tpl: dict[str, Any]) -> dict[str, Any]:
 def props(res: dict[str, Any], name: str) -> dict[str, Any]:
     p: dict[str, Any] = res[name]["Properties"]
     return p
-
-
-# --- a tiny evaluator for the intrinsics the template uses (for computed ARNs) -------------
-
-
-def evaluate(tpl: dict[str, Any], value: Any, params: dict[str, str]) -> Any:
-    pseudo = {
-        "AWS::Region": "eu-west-1",
-        "AWS::AccountId": "111122223333",
-        "AWS::Partition": "aws",
-        "AWS::URLSuffix": "amazonaws.com",
-        "AWS::StackName": "maas",
-    }
-    values = {k: str(v.get("Default", "")) for k, v in tpl["Parameters"].items()}
-    values |= params
-    values |= pseudo
-
-    def cond(name: str) -> bool:
-        return bool(ev(tpl["Conditions"][name]))
-
-    def sub(text: str, extra: dict[str, Any]) -> str:
-        def repl(m: re.Match[str]) -> str:
-            key = m.group(1)
-            if key in extra:
-                return str(extra[key])
-            if key in values:
-                return values[key]
-            return f"<{key}>"  # a resource or attribute: its value is not known here
-
-        return re.sub(r"\$\{([^}]+)\}", repl, text)
-
-    def ev(v: Any) -> Any:
-        if isinstance(v, list):
-            return [ev(x) for x in v]
-        if not isinstance(v, dict) or len(v) != 1:
-            return v
-        ((fn, arg),) = v.items()
-        if fn == "Ref":
-            return values.get(arg, f"<{arg}>")
-        if fn == "Fn::Sub":
-            if isinstance(arg, str):
-                return sub(arg, {})
-            return sub(arg[0], {k: ev(x) for k, x in arg[1].items()})
-        if fn == "Fn::If":
-            return ev(arg[1]) if cond(arg[0]) else ev(arg[2])
-        if fn == "Fn::Equals":
-            return ev(arg[0]) == ev(arg[1])
-        if fn == "Fn::Split":
-            return str(ev(arg[1])).split(arg[0])
-        if fn == "Fn::Select":
-            return ev(arg[1])[int(arg[0])]
-        if fn == "Fn::GetAtt":
-            return f"<{arg[0]}.{arg[1]}>"
-        return v
-
-    return ev(value)
 
 
 # --- structure ------------------------------------------------------------------------------
@@ -776,15 +721,3 @@ def test_samconfig() -> None:
     assert "CAPABILITY_IAM" in deploy["capabilities"]
     assert deploy["resolve_s3"] is True
     assert deploy["confirm_changeset"] is False
-
-
-# --- cfn-lint -------------------------------------------------------------------------------
-
-
-def test_cfn_lint_is_clean(reliability_report: Any) -> None:
-    from cfnlint.api import ManualArgs, lint_file
-
-    matches = lint_file(TEMPLATE, config=ManualArgs(regions=["us-east-1"]))
-    problems = [f"{m.rule.id} {m.message} ({m.linenumber})" for m in matches]
-    assert not problems, "\n".join(problems)
-    reliability_report.tried("Security", "cfn-lint on template.yaml", "no finding")

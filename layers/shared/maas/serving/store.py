@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 import uuid
@@ -299,10 +300,13 @@ class ModelStore:
             if dropped is None:
                 continue
             log.info("evicted %s v%s: no longer prod or canary", model, version)
+            digest = str(dropped.manifest.get("sha256") or "")
+            with self._lock:  # the same bytes may serve another version still
+                shared = any(m.manifest.get("sha256") == digest for m in self._sessions.values())
             # The file only when no load of it is in flight (a load reads it).
-            if load_lock is None or load_lock.acquire(blocking=False):
+            if digest and not shared and (load_lock is None or load_lock.acquire(blocking=False)):
                 try:
-                    (self.cache_dir / model / str(version) / MODEL_FILE).unlink(missing_ok=True)
+                    self.cache_file(digest).unlink(missing_ok=True)
                 finally:
                     if load_lock is not None:
                         load_lock.release()
@@ -437,30 +441,40 @@ class ModelStore:
             )
         return manifest
 
+    def cache_file(self, digest: str) -> Path:
+        """Where the model file whose sha256 is `digest` is cached: named by its content, so
+        an entry can never be taken for another artifact's bytes (a version number reused
+        after a reset, another version, another model)."""
+        return self.cache_dir / "sha256" / f"{digest}.onnx"
+
     def _verified_model_file(
         self, model: str, version: int, prefix: str, manifest: dict[str, Any]
     ) -> Path:
         """model.onnx in the local cache (downloaded if absent), its sha256 the manifest's."""
-        local = self.cache_dir / model / str(version) / MODEL_FILE
-        if not local.exists():
-            # Its own name: containers sharing a cache dir (the local stack) may race here.
-            tmp = local.with_suffix(f".{uuid.uuid4().hex}.part")
-            try:
-                with _reading(ARTIFACTS):
-                    self.storage.download(self.settings.artifact_bucket, prefix + MODEL_FILE, tmp)
-            except ObjectMissing:
-                raise ModelUnavailable(
-                    f"version {version} of model {model!r} has no {MODEL_FILE} in the "
-                    "artifact bucket"
-                ) from None
-            tmp.replace(local)
-        digest = sha256_file(local)
-        if digest != manifest.get("sha256"):
-            local.unlink(missing_ok=True)
+        expected = str(manifest.get("sha256") or "")
+        if not re.fullmatch(r"[0-9a-f]{64}", expected):
+            raise ModelUnavailable(f"version {version} of model {model!r}: manifest has no sha256")
+        local = self.cache_file(expected)
+        if local.exists() and sha256_file(local) == expected:
+            return local
+        local.parent.mkdir(parents=True, exist_ok=True)
+        # Its own name: containers sharing a cache dir (the local stack) may race here; only a
+        # file that matched the manifest takes the digest's name.
+        part = local.with_suffix(f".{uuid.uuid4().hex}.part")
+        try:
+            with _reading(ARTIFACTS):
+                self.storage.download(self.settings.artifact_bucket, prefix + MODEL_FILE, part)
+        except ObjectMissing:
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} has no {MODEL_FILE} in the artifact bucket"
+            ) from None
+        if sha256_file(part) != expected:
+            part.unlink(missing_ok=True)
             raise ModelUnavailable(
                 f"version {version} of model {model!r} failed its integrity check "
                 "(sha256 differs from the manifest); not loaded"
             )
+        part.replace(local)
         return local
 
     def _text_encoder(

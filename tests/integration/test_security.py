@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maas_devkit.cfn import as_list, load_template, policy_statements
+from maas_devkit.cfn import as_list, evaluate, load_template, policy_statements
 from maas_devkit.repo import REPO, TEMPLATE
 
 SECTION = "Security"
@@ -179,8 +179,6 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
 
 
 def _grants(template: dict[str, Any]) -> dict[str, set[tuple[str, str]]]:
-    from test_template import evaluate
-
     out: dict[str, set[tuple[str, str]]] = {}
     for owner, statement in policy_statements(template):
         if statement.get("Effect") != "Allow":
