@@ -84,7 +84,7 @@ local: setup
 
 # docs/openapi.json from the pydantic models the handlers validate with (a test checks it).
 openapi: setup
-	$(BIN)/python -m maas_local.openapi
+	$(BIN)/python -m maas_devkit.openapi
 
 # The README's reliability table, from the figures the last test run wrote (.maas/).
 reliability-table: setup

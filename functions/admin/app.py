@@ -4,7 +4,7 @@ API Gateway lets only SigV4-signed requests through (AWS_IAM on every /admin rou
 stack applies the same check); the caller's ARN, from the authorizer context, is the actor in
 the registry's audit trail. Powertools validates the path, the body and the response against
 the typed route signatures (enable_validation), and the same signatures give the operations of
-docs/openapi.json (`app.get_openapi_schema()`, read by infra/maas_local/openapi.py).
+docs/openapi.json (`app.get_openapi_schema()`, read by infra/maas_devkit/openapi.py).
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 from maas.serving.http import Router
+from maas_devkit import openapi
 from maas_devkit.cfn import load_template
 from maas_devkit.lambda_runtime import load_handler
 from maas_devkit.repo import TEMPLATE
-from maas_local import openapi
 
 pytestmark = pytest.mark.usefixtures("no_network")
 

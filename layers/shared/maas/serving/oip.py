@@ -7,7 +7,7 @@ the raw tensors back to back in input (or output) order, each input naming its s
 element; a BYTES element is a 4-byte little-endian length followed by that many bytes.
 
 The wire schema is pydantic models in maas.serving.oipschema (re-exported here on first use):
-requests are validated with them, and the OpenAPI document (maas_local.openapi) is generated
+requests are validated with them, and the OpenAPI document (maas_devkit.openapi) is generated
 from them. This module imports only the standard library and numpy, so that a cold inference
 function decodes its first well-formed request without importing pydantic (bench/coldstart.py).
 """

@@ -2,7 +2,7 @@
 
 These pydantic models are the schema: maas.serving.oip validates every request against it (directly,
 or through a check that accepts only what this schema accepts, see maas.serving.oip._plainly_valid),
-they word its error messages, and the OpenAPI document (maas_local.openapi) is generated from
+they word its error messages, and the OpenAPI document (maas_devkit.openapi) is generated from
 them. They live apart from the codec so that a cold inference function answers a well-formed
 request without importing pydantic (bench/coldstart.py: its import costs about half of
 onnxruntime's).
