@@ -95,7 +95,7 @@ def probe(pairs: int = 3000) -> dict[str, Any]:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
-            "REGISTRY_TABLE": "maas-registry",
+            "REGISTRY_TABLE": account.REGISTRY_TABLE,
             "ARTIFACT_BUCKET": account.ARTIFACT_BUCKET,
             "MODEL_CACHE_DIR": tmp,
             "POWERTOOLS_METRICS_DISABLED": "true",
@@ -106,25 +106,18 @@ def probe(pairs: int = 3000) -> dict[str, Any]:
         os.environ.pop(name, None)
     try:
         with moto.mock_aws():
-            boto3.client("s3").create_bucket(Bucket=account.ARTIFACT_BUCKET)
-            boto3.client("dynamodb").create_table(
-                TableName="maas-registry",
-                BillingMode="PAY_PER_REQUEST",
-                KeySchema=[
-                    {"AttributeName": "pk", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
-                ],
-                AttributeDefinitions=[
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "sk", "AttributeType": "S"},
-                ],
-            )
+            account.create_resources(boto3.client)  # the stack's bucket and table, as tests do
             clf, x = models.train_tiny_classifier("digits")
             from maas.core.registry import Registry
             from maas.core.storage import Storage
 
             publish.publish_model(
-                Registry("maas-registry"), Storage(), "digits", 1, clf.onnx_bytes(), promote=True
+                Registry(account.REGISTRY_TABLE),
+                Storage(),
+                "digits",
+                1,
+                clf.onnx_bytes(),
+                promote=True,
             )
             app = lambda_runtime.load_handler("inference")
             row = x[:1].astype(np.float32)
