@@ -24,7 +24,14 @@ from maas_training.config import Paths
 from maas_training.export import ExportInfo, export_model, metadata_for, verify
 from maas_training.model import Probabilities
 from maas_training.modeldir import ModelDir, Plot, Sample, write_model_dir
-from maas_training.recipes import Encoded, Pretrained, PretrainedRecipe, TrainedRecipe, Variant
+from maas_training.recipes import (
+    Encoded,
+    GenerativeRecipe,
+    Pretrained,
+    PretrainedRecipe,
+    TrainedRecipe,
+    Variant,
+)
 from maas_training.shared import contract
 from maas_training.trainer import (
     Checkpointer,
@@ -69,7 +76,11 @@ class Scores:
     probabilities: np.ndarray
 
 
-def run(paths: Paths, hp: Any, recipe: TrainedRecipe | PretrainedRecipe) -> dict[str, Any]:
+def run(
+    paths: Paths, hp: Any, recipe: TrainedRecipe | PretrainedRecipe | GenerativeRecipe
+) -> dict[str, Any]:
+    if isinstance(recipe, GenerativeRecipe):
+        return recipe.run(paths, hp)
     if isinstance(recipe, PretrainedRecipe):
         return run_pretrained(paths, hp, recipe)
     return run_trained(paths, hp, recipe)
