@@ -15,6 +15,7 @@ from maas.core.artifacts import model_prefix
 from maas.core.config import OptimizeSettings
 from maas.core.contract import (
     CALIBRATION_FILE,
+    GENERATION_SPEC_FILE,
     LABELS_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
@@ -23,6 +24,7 @@ from maas.core.contract import (
     REQUIRED_MODEL_FILES,
     SAMPLE_FILE,
     SCHEMA_FILE,
+    TEXT_GENERATION,
     TEXT_SPEC_FILE,
     TOKENIZER_FILE,
     Manifest,
@@ -209,6 +211,7 @@ class Optimizer:
         if missing:
             raise ValueError(f"model.tar.gz lacks {', '.join(missing)}")
         text_spec, text_files = _text_files(model_dir)
+        generation = model_dir / GENERATION_SPEC_FILE
         plot = model_dir / PLOT_FILE
         return Trained(
             dir=model_dir,
@@ -218,6 +221,7 @@ class Optimizer:
             text_spec=text_spec,
             text_files=text_files,
             plot=plot if plot.is_file() else None,
+            generation=json.loads(generation.read_text()) if generation.is_file() else None,
         )
 
 
@@ -232,6 +236,7 @@ class Trained:
     text_spec: dict[str, Any] | None  # text.json, when the model takes text
     text_files: dict[str, Path]  # text.json and the tokenizer file it names, published beside
     plot: Path | None  # training.png, when the job drew one
+    generation: dict[str, Any] | None = None  # generation.json (text-generation models)
 
     @property
     def fp32_accuracy(self) -> float:
@@ -257,6 +262,16 @@ def _select(trained: Trained, spec: JobSpec, workdir: Path) -> Selection:
     from maas.optimize.feeds import load_npz
     from maas.optimize.quantize import optimize_model  # onnx is heavy: only on this path
 
+    if spec.task == TEXT_GENERATION:
+        from maas.optimize.lmsearch import optimize_lm
+
+        return optimize_lm(
+            trained.dir / MODEL_FILE,
+            load_npz(trained.dir / SAMPLE_FILE),
+            workdir,
+            max_perplexity_increase=spec.quality_gate.max_perplexity_increase,
+            min_agreement=spec.quality_gate.min_agreement,
+        )
     calib_path = trained.dir / CALIBRATION_FILE
     return optimize_model(
         trained.dir / MODEL_FILE,
@@ -320,6 +335,8 @@ def _manifest(
             "files": {name: sha256_file(path) for name, path in trained.text_files.items()},
         }
         manifest["graph_inputs"] = schema.get("graph_inputs")
+    if trained.generation is not None:
+        manifest["generation"] = trained.generation
     if trained.plot:
         manifest["plot"] = PLOT_FILE
     return manifest
