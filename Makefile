@@ -8,7 +8,7 @@ KSERVE_VERSION ?= 0.21.0
 CHECKOV := $(VENV)/checkov/.installed
 CHECKOV_VERSION ?= 3.3.30
 
-.PHONY: setup sam kserve checkov reliability-table demo test unit integration e2e test-fast lint typecheck local build validate openapi clean bench
+.PHONY: setup sam kserve checkov reliability-table demo test unit integration e2e test-fast lint typecheck local build validate openapi clean bench bench-generation
 
 setup: $(VENV)/.installed
 
@@ -68,6 +68,11 @@ e2e: setup kserve
 # bench/results.md, the plots the README shows and bench/baseline.json (the regression check's).
 bench: setup sam
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.generation
+
+# Text generation alone (bench/generation.py): served loop vs transformers, one thread.
+bench-generation: setup
+	$(BIN)/python -m bench.generation
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not e2e"

@@ -117,13 +117,13 @@ def bpe_tokenizer(specials: list[str], vocab_size: int = 512) -> Any:
     return tok
 
 
-def _model(arch: str, vocab: int, ids: dict[str, int]) -> Any:
+def _model(arch: str, vocab: int, ids: dict[str, int], width: int, layers: int) -> Any:
     import transformers as tf
 
     cfg: Any
-
-    small: dict[str, Any] = {"vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128}
-    small |= {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    small: dict[str, Any] = {"vocab_size": vocab, "hidden_size": width}
+    small |= {"intermediate_size": 2 * width, "num_hidden_layers": layers}
+    small |= {"num_attention_heads": 4, "num_key_value_heads": 2}
     small |= {"max_position_embeddings": 512}
     if arch == "llama":
         cfg = tf.LlamaConfig(**small, bos_token_id=ids["<s>"], eos_token_id=ids["</s>"])
@@ -133,11 +133,11 @@ def _model(arch: str, vocab: int, ids: dict[str, int]) -> Any:
         cfg = tf.Qwen2Config(**small, tie_word_embeddings=True, eos_token_id=eos)
         return tf.Qwen2ForCausalLM(cfg)
     if arch == "qwen3":
-        cfg = tf.Qwen3Config(**small, head_dim=16, eos_token_id=ids["<|im_end|>"])
+        cfg = tf.Qwen3Config(**small, head_dim=width // 4, eos_token_id=ids["<|im_end|>"])
         return tf.Qwen3ForCausalLM(cfg)
     eot = ids["<|endoftext|>"]
     cfg = tf.GPT2Config(
-        vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=512,
+        vocab_size=vocab, n_embd=width, n_layer=layers, n_head=4, n_positions=512,
         bos_token_id=eot, eos_token_id=eot,
     )  # fmt: skip
     return tf.GPT2LMHeadModel(cfg)
@@ -165,16 +165,24 @@ def _tokenizer(arch: str, tok: Any) -> Any:
     )
 
 
-def tiny_folder(arch: str, dst: Path, seed: int = 0) -> Path:
+def tiny_folder(
+    arch: str,
+    dst: Path,
+    seed: int = 0,
+    *,
+    width: int = 64,
+    layers: int = 2,
+    vocab_size: int = 512,
+) -> Path:
     """A randomly initialised causal-LM folder of arch (ARCHS), as transformers saves one."""
     import torch
 
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}")
-    tok = bpe_tokenizer(SPECIALS[arch])
+    tok = bpe_tokenizer(SPECIALS[arch], vocab_size)
     ids = {s: tok.token_to_id(s) for s in SPECIALS[arch]}
     torch.manual_seed(seed)
-    model = _model(arch, tok.get_vocab_size(), ids).eval()
+    model = _model(arch, tok.get_vocab_size(), ids, width, layers).eval()
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst)
     _tokenizer(arch, tok).save_pretrained(dst)
