@@ -112,7 +112,7 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "GET", "/v1/models", "openaiListModels", "OpenAI: the text-generation models in prod",
-        gen.ModelList, None, (503,), gen.OpenAIErrorResponse,
+        gen.OpenAIModelList, None, (503,), gen.OpenAIErrorResponse,
     ),
     Operation(
         "POST", "/v1/completions", "openaiCompletions", "OpenAI completions (buffered)",

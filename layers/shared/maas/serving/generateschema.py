@@ -35,7 +35,7 @@ class GenerateRequest(BaseModel):
     parameters: GenerateParameters | None = None
 
 
-class Usage(BaseModel):
+class TokenUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -46,7 +46,7 @@ class GenerateResponse(BaseModel):
     model_version: str
     text_output: str
     finish_reason: Literal["stop", "length"]
-    usage: Usage
+    usage: TokenUsage
 
 
 class CompletionRequest(_Sampling):
@@ -58,14 +58,14 @@ class CompletionRequest(_Sampling):
     user: str | None = None
 
 
-class Message(BaseModel):
+class ChatMessage(BaseModel):
     role: str
     content: str
 
 
 class ChatCompletionRequest(_Sampling):
     model: str
-    messages: list[Message] = Field(min_length=1, max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     n: Literal[1] | None = None
     stream: Literal[False] | None = None
@@ -85,12 +85,12 @@ class CompletionResponse(BaseModel):
     created: int
     model: str
     choices: list[CompletionChoice]
-    usage: Usage
+    usage: TokenUsage
 
 
 class ChatChoice(BaseModel):
     index: int
-    message: Message
+    message: ChatMessage
     finish_reason: Literal["stop", "length"]
     logprobs: None = None
 
@@ -101,19 +101,19 @@ class ChatCompletionResponse(BaseModel):
     created: int
     model: str
     choices: list[ChatChoice]
-    usage: Usage
+    usage: TokenUsage
 
 
-class ModelCard(BaseModel):
+class OpenAIModelCard(BaseModel):
     id: str
     object: Literal["model"]
     created: int
     owned_by: str
 
 
-class ModelList(BaseModel):
+class OpenAIModelList(BaseModel):
     object: Literal["list"]
-    data: list[ModelCard]
+    data: list[OpenAIModelCard]
 
 
 class OpenAIError(BaseModel):
