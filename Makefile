@@ -8,7 +8,7 @@ KSERVE_VERSION ?= 0.21.0
 CHECKOV := $(VENV)/checkov/.installed
 CHECKOV_VERSION ?= 3.3.30
 
-.PHONY: setup sam kserve checkov reliability-table demo test unit integration e2e test-fast lint typecheck local build validate openapi clean bench bench-generation
+.PHONY: setup sam kserve checkov reliability-table demo test unit integration e2e test-fast lint typecheck local build validate openapi clean bench bench-generation llamacpp
 
 setup: $(VENV)/.installed
 
@@ -69,6 +69,15 @@ e2e: setup kserve
 bench: setup sam
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.generation
+
+# llama.cpp for bench/generation.py's comparison: llama-cpp-python builds from source (cmake,
+# a few minutes on 2 cores), with the gguf writer, in an environment of its own.
+LLAMACPP := $(VENV)/llamacpp/.installed
+llamacpp: $(LLAMACPP)
+$(LLAMACPP):
+	$(PYTHON) -m venv $(VENV)/llamacpp
+	$(VENV)/llamacpp/bin/python -m pip install -q 'llama-cpp-python==0.3.36' 'gguf==0.19.0' 'safetensors==0.8.0'
+	touch $@
 
 # Text generation alone (bench/generation.py): served loop vs transformers, one thread.
 bench-generation: setup

@@ -13,7 +13,10 @@ quantization table's LM rows). Measured side by side, interleaved, one intra-op 
   attention, its KV cache, greedy);
 - time to first token from a fresh process: process start -> imports -> model load ->
   tokenize -> first token, the served stack against torch + transformers;
-- llama.cpp (llama-cpp-python) where it is installed; otherwise the reason is recorded.
+- llama.cpp: llama-cpp-python from PyPI, built here into its own environment (`make
+  llamacpp`), on the same folder written as f32 GGUF (bench/llamacpp_side.py), one thread,
+  the same prompt ids; run in its own process after the side-by-side rounds. Without that
+  environment the reason is recorded.
 
 Writes bench/generation.json and prints a markdown table.
 """
@@ -190,12 +193,42 @@ def fresh(folder: Path, model_dir: Path, graph: Path, rounds: int) -> dict[str, 
     return {k: {"first_token_s": statistics.median(v), "runs": len(v)} for k, v in runs.items()}
 
 
-def llama_cpp() -> dict[str, Any]:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError as e:
-        return {"status": f"not measured: llama-cpp-python is not importable here ({e})"}
-    return {"status": "importable, not measured: converting to GGUF needs the gguf writer"}
+LLAMACPP_PY = REPO / ".venv" / "llamacpp" / "bin" / "python"
+
+
+def llama_cpp(folder: Path, model_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
+    """llama.cpp (its own environment, `make llamacpp`) on the same folder as f32 GGUF."""
+    if not LLAMACPP_PY.exists():
+        return {"status": f"not measured: {LLAMACPP_PY} missing (make llamacpp builds it)"}
+    ids = prompt_ids(model_dir)
+    done = subprocess.run(
+        [
+            str(LLAMACPP_PY),
+            str(REPO / "bench" / "llamacpp_side.py"),
+            str(folder),
+            str(work / "model.f32.gguf"),
+            json.dumps(ids),
+            str(NEW),
+            str(rounds),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if done.returncode != 0:
+        return {"status": f"failed: {done.stderr.strip().splitlines()[-1:]}"}
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    from maas.serving.generation import Sampling
+
+    gen = served(model_dir / "model.onnx", model_dir)
+    ours = list(gen.tokens(ids, Sampling(NEW, temperature=0.0)))
+    same = sum(a == b for a, b in zip(ours, got.pop("tokens"), strict=False)) / NEW
+    return {
+        "status": "measured (f32 GGUF, one thread)",
+        "greedy_agreement_with_served": same,
+        **got,
+    }
 
 
 def optimize(model_dir: Path, work: Path) -> tuple[Any, Path | None]:
@@ -250,7 +283,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             "fresh": fresh(
                 folder, model_dir, chosen or model_dir / "model.onnx", 2 if quick else 5
             ),
-            "llama_cpp": llama_cpp(),
+            "llama_cpp": llama_cpp(folder, model_dir, work, 3 if quick else 7),
             "chosen": sel.chosen.recipe,
             "reason": sel.reason,
             "candidates": [c.to_dict() for c in sel.candidates],
@@ -274,7 +307,7 @@ def main() -> None:
     result = run(p.parse_args().quick)
     print(table(result))
     print(json.dumps(result["ratios"], indent=2))
-    print(f"llama.cpp: {result['llama_cpp']['status']}")
+    print(f"llama.cpp: {json.dumps(result['llama_cpp'])}")
 
 
 if __name__ == "__main__":
