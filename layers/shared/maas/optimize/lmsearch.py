@@ -29,7 +29,14 @@ import onnxruntime as ort
 
 from maas.core.contract import INPUT_IDS, INPUT_PREFIX, LOGITS_OUTPUT
 from maas.optimize import recipes
-from maas.optimize.quantize import FP32, Candidate, Selection, applicable, preprocess
+from maas.optimize.quantize import (
+    FP32,
+    Candidate,
+    Selection,
+    applicable,
+    preprocess,
+    ruled_out,
+)
 from maas.optimize.recipes import RecipeInput
 from maas.serving.ortsession import new_session
 
@@ -134,11 +141,9 @@ def gate(cands: list[Candidate], fp32: Candidate, max_increase: float, min_agree
 def choose(fp32: Candidate, cands: list[Candidate], min_speedup: float) -> tuple[Candidate, str]:
     eligible, losers = [], []
     for c in cands:
-        if not c.ok:
-            losers.append(f"{c.recipe}: {c.error}")
-            continue
-        if not c.passed_gate:
-            losers.append(f"{c.recipe}: failed gate ({c.reason})")
+        out = ruled_out(c)
+        if out:
+            losers.append(out)
             continue
         up = c.latency_ms["decode_tokens_per_s"] / fp32.latency_ms["decode_tokens_per_s"]
         first = fp32.latency_ms["first_token_ms"] / max(c.latency_ms["first_token_ms"], 1e-9)
