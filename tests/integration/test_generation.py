@@ -212,3 +212,31 @@ def test_generative_model_on_infer_and_generate_shapes(
     assert status == 400 and "/generate" in body["error"]
     status, body = _call("POST", f"/v2/models/{MODEL}/generate", {"text": "hi"}, lambda_context)
     assert status == 400 and "text_input" in body["error"]
+
+
+class _EndingContext:
+    """A Lambda context whose invocation has DEADLINE_MARGIN_S left: no time to generate."""
+
+    function_name = "inference"
+
+    def get_remaining_time_in_millis(self) -> int:
+        from maas.serving.api import DEADLINE_MARGIN_S
+
+        return int(DEADLINE_MARGIN_S * 1000)
+
+
+def test_a_generation_that_would_outrun_the_time_limit_stops_with_length(
+    aws: Any, llama_job: tuple[Path, Path], lambda_context: Any
+) -> None:
+    _, model_dir = llama_job
+    _serve(aws, model_dir, lambda_context)
+    # WHEN the function has no time left beyond its answer margin
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 200, "temperature": 0}
+    event = events.http_event("POST", "/v1/completions", body=json.dumps(body))
+    handler = lambda_runtime.load_handler("inference")
+    response = handler.lambda_handler(event, _EndingContext())
+    # THEN it answers in time with what it has and finish_reason "length"
+    assert response["statusCode"] == 200, response["body"]
+    doc = json.loads(response["body"])
+    assert doc["choices"][0]["finish_reason"] == "length"
+    assert doc["usage"]["completion_tokens"] < 200
