@@ -113,8 +113,10 @@ def evaluate(tpl: dict[str, Any], value: Any, params: dict[str, str]) -> Any:
     def ev(v: Any) -> Any:
         if isinstance(v, list):
             return [ev(x) for x in v]
-        if not isinstance(v, dict) or len(v) != 1:
+        if not isinstance(v, dict):
             return v
+        if len(v) != 1:  # a mapping, not an intrinsic: its values resolved
+            return {k: ev(x) for k, x in v.items()}
         ((fn, arg),) = v.items()
         if fn == "Ref":
             return values.get(arg, f"<{arg}>")
@@ -132,6 +134,6 @@ def evaluate(tpl: dict[str, Any], value: Any, params: dict[str, str]) -> Any:
             return ev(arg[1])[int(arg[0])]
         if fn == "Fn::GetAtt":
             return f"<{arg[0]}.{arg[1]}>"
-        return v
+        return v if fn.startswith("Fn::") else {fn: ev(arg)}
 
     return ev(value)

@@ -118,6 +118,61 @@ def http_event(
     )
 
 
+# --- API Gateway REST API (Lambda proxy, payload 1.0): the streaming front door -------------
+
+
+def rest_api_event(
+    method: str,
+    raw_path: str,
+    headers: dict[str, str],
+    body: bytes | str | None = None,
+    *,
+    resource: str | None = None,
+    path_parameters: dict[str, str] | None = None,
+    stage: str = "stream",
+    source_ip: str = "127.0.0.1",
+) -> dict[str, Any]:
+    """The event a REST API's Lambda proxy integration gives the function for one request
+    (the streaming API's: the same input format with responseTransferMode STREAM).
+
+    Headers keep the case the client sent; a body is text unless the API lists binary media
+    types (the streaming API lists none), so it travels as sent, never base64."""
+    parts = urlsplit(raw_path)
+    lowered = {k.lower(): v for k, v in headers.items()}
+    host = lowered.get("host", "localhost")
+    api_id = host.split(".", 1)[0] if ".execute-api." in host else "local"
+    now = datetime.now(UTC)
+    raw = body.encode() if isinstance(body, str) else body
+    query = _query(parts.query)
+    return {
+        "resource": resource or parts.path,
+        "path": parts.path,
+        "httpMethod": method.upper(),
+        "headers": dict(headers),
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": query or None,
+        "multiValueQueryStringParameters": {k: v.split(",") for k, v in query.items()} or None,
+        "pathParameters": path_parameters or None,
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": ACCOUNT,
+            "apiId": api_id,
+            "domainName": host,
+            "httpMethod": method.upper(),
+            "identity": {"sourceIp": source_ip, "userAgent": lowered.get("user-agent", "")},
+            "path": f"/{stage}{parts.path}",
+            "protocol": "HTTP/1.1",
+            "requestId": str(uuid.uuid4()),
+            "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "requestTimeEpoch": int(now.timestamp() * 1000),
+            "resourcePath": resource or parts.path,
+            "stage": stage,
+        },
+        "body": None if raw is None else raw.decode("utf-8", "replace"),
+        "isBase64Encoded": False,
+    }
+
+
 def _travels_as_text(body: bytes, content_type: str) -> bool:
     if not body:
         return True

@@ -58,10 +58,11 @@ class Operation:
     path: str
     operation_id: str
     summary: str
-    response: type[BaseModel]
+    response: type[BaseModel] | None  # None: server-sent events only
     request: type[BaseModel] | None = None
     errors: tuple[int, ...] = (404,)
     error_model: type[BaseModel] = oip.ErrorResponse
+    events: str = ""  # what a 200 text/event-stream carries, where the operation streams
 
     @property
     def binary(self) -> bool:
@@ -69,6 +70,16 @@ class Operation:
 
 
 _V = "/v2/models/{model}/versions/{version}"
+OPENAI_EVENTS = (
+    '"stream": true: one `data: {...}` chunk per piece of text (text_completion or '
+    "chat.completion.chunk with a delta), a chunk with the finish_reason, with "
+    "stream_options.include_usage a usage chunk, then `data: [DONE]`; an error after the "
+    'start is a last `data: {"error": {...}}` event.'
+)
+OIP_EVENTS = (
+    '`data: {"model_name", "model_version", "text_output"}` per piece of text, the last with '
+    'finish_reason and usage; an error after the start is a last `data: {"error": "..."}`.'
+)
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v2", "serverMetadata", "Server metadata", oip.ServerMetadataResponse,
               None, ()),
@@ -111,18 +122,32 @@ OPERATIONS: tuple[Operation, ...] = (
         gen.GenerateResponse, gen.GenerateRequest, (400, 404, 503),
     ),
     Operation(
+        "POST", "/v2/models/{model}/generate_stream", "modelGenerateStream",
+        "OIP generate extension, streamed: server-sent events as the text is produced (here "
+        "sent whole at the end; StreamingApiUrl streams them)",
+        None, gen.GenerateStreamRequest, (400, 404, 503), events=OIP_EVENTS,
+    ),
+    Operation(
+        "POST", f"{_V}/generate_stream", "modelVersionGenerateStream",
+        "OIP generate_stream on one version", None, gen.GenerateStreamRequest, (400, 404, 503),
+        events=OIP_EVENTS,
+    ),
+    Operation(
         "GET", "/v1/models", "openaiListModels", "OpenAI: the text-generation models in prod",
         gen.OpenAIModelList, None, (503,), gen.OpenAIErrorResponse,
     ),
     Operation(
-        "POST", "/v1/completions", "openaiCompletions", "OpenAI completions (buffered)",
+        "POST", "/v1/completions", "openaiCompletions",
+        "OpenAI completions (\"stream\": true: server-sent events)",
         gen.CompletionResponse, gen.CompletionRequest, (400, 404, 503), gen.OpenAIErrorResponse,
+        OPENAI_EVENTS,
     ),
     Operation(
         "POST", "/v1/chat/completions", "openaiChatCompletions",
-        "OpenAI chat completions (buffered), rendered with the model's chat template",
+        "OpenAI chat completions, rendered with the model's chat template (\"stream\": true: "
+        "server-sent events)",
         gen.ChatCompletionResponse, gen.ChatCompletionRequest, (400, 404, 503),
-        gen.OpenAIErrorResponse,
+        gen.OpenAIErrorResponse, OPENAI_EVENTS,
     ),
 )  # fmt: skip
 
@@ -159,6 +184,10 @@ def _schemas() -> dict[str, Any]:
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _name(model: type[BaseModel] | None) -> str:
+    return model.__name__ if model is not None else ""
 
 
 def _operation(op: Operation) -> dict[str, Any]:
@@ -198,16 +227,19 @@ def _operation(op: Operation) -> dict[str, Any]:
                 }
             }
         out["requestBody"] = {"required": True, "content": content}
-    ok: dict[str, Any] = {
-        "description": "OK",
-        "content": {"application/json": {"schema": _ref(op.response)}},
-    }
+    ok: dict[str, Any] = {"description": "OK", "content": {}}
+    if op.response is not None:
+        ok["content"]["application/json"] = {"schema": _ref(op.response)}
+    if op.events:
+        ok["content"]["text/event-stream"] = {
+            "schema": {"type": "string", "description": op.events}
+        }
     if op.binary:
         ok["content"]["application/octet-stream"] = {
             "schema": {
                 "type": "string",
                 "format": "binary",
-                "description": f"Some outputs binary: an {op.response.__name__} JSON header of "
+                "description": f"Some outputs binary: an {_name(op.response)} JSON header of "
                 f"{HEADER} bytes, then those outputs' data in order.",
             }
         }

@@ -27,8 +27,10 @@ FUNCTIONS = {
     "IngestFunction": "ingest",
     "OptimizeFunction": "optimize",
     "InferenceFunction": "inference",
+    "StreamingFunction": "streaming",
     "AdminFunction": "admin",
 }
+HANDLERS = {"StreamingFunction": "app.stream_handler"}  # the others: app.lambda_handler
 OIP_ROUTES = {
     ("GET", "/v2"),
     ("GET", "/v2/health/live"),
@@ -42,9 +44,19 @@ OIP_ROUTES = {
     # Text generation: the OIP generate extension and the OpenAI wire format (buffered).
     ("POST", "/v2/models/{model}/generate"),
     ("POST", "/v2/models/{model}/versions/{version}/generate"),
+    ("POST", "/v2/models/{model}/generate_stream"),
+    ("POST", "/v2/models/{model}/versions/{version}/generate_stream"),
     ("GET", "/v1/models"),
     ("POST", "/v1/completions"),
     ("POST", "/v1/chat/completions"),
+}
+# The streaming API's routes: every generation route, each one streamed when asked.
+STREAMING_ROUTES = {
+    ("GET", "/v1/models"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v2/models/{model}/generate_stream"),
+    ("POST", "/v2/models/{model}/versions/{version}/generate_stream"),
 }
 ADMIN_ROUTES = {
     ("GET", "/admin/models"),
@@ -69,6 +81,7 @@ NON_CONFIG_ENV = {
     "POWERTOOLS_METRICS_NAMESPACE",
     "LOG_LEVEL",
     "AWS_ENDPOINT_URL",
+    "AWS_LAMBDA_EXEC_WRAPPER",  # Lambda's own: StreamingFunction's Runtime API loop
 }
 
 
@@ -116,6 +129,13 @@ def test_template_is_sam(tpl: dict[str, Any]) -> None:
         ("AdminFunction", "AWS::Serverless::Function"),
         ("InferenceApi", "AWS::Serverless::HttpApi"),
         ("InferenceApiAccessLogs", "AWS::Logs::LogGroup"),
+        ("StreamingFunction", "AWS::Serverless::Function"),
+        ("StreamingApi", "AWS::Serverless::Api"),
+        ("StreamingInvokePermission", "AWS::Lambda::Permission"),
+        ("StreamingUsagePlan", "AWS::ApiGateway::UsagePlan"),
+        ("StreamingApiKey", "AWS::ApiGateway::ApiKey"),
+        ("StreamingUsagePlanKey", "AWS::ApiGateway::UsagePlanKey"),
+        ("StreamingLogGroup", "AWS::Logs::LogGroup"),
     ],
 )
 def test_resource_exists(res: dict[str, Any], name: str, kind: str) -> None:
@@ -175,7 +195,8 @@ def test_globals(tpl: dict[str, Any]) -> None:
 @pytest.mark.parametrize(("function", "folder"), sorted(FUNCTIONS.items()))
 def test_function_code(tpl: dict[str, Any], function: str, folder: str) -> None:
     assert props(tpl["Resources"], function)["CodeUri"] == f"functions/{folder}/"
-    assert function_property(tpl, function, "Handler") == "app.lambda_handler"
+    handler = HANDLERS.get(function, "app.lambda_handler")
+    assert function_property(tpl, function, "Handler") == handler
     assert function_property(tpl, function, "Runtime") == "python3.12"
     assert (REPO / "functions" / folder / "app.py").is_file()
     assert (REPO / "functions" / folder / "requirements.txt").is_file()
@@ -456,6 +477,127 @@ def test_inference_auth_choices_give_each_route_its_security(
     )
 
 
+# --- the streaming front door -----------------------------------------------------------
+
+
+def _streaming_ops(res: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    paths = props(res, "StreamingApi")["DefinitionBody"]["paths"]
+    return {(m.upper(), path): op for path, ops in paths.items() for m, op in ops.items()}
+
+
+def test_streaming_function_is_the_inference_function_with_its_own_loop(
+    tpl: dict[str, Any], res: dict[str, Any]
+) -> None:
+    """python3.12 zip + the same layers (SnapStart stays possible), 15 minutes, the same
+    grants and settings; the exec wrapper swaps the runtime's loop for the streaming one."""
+    stream, inference = props(res, "StreamingFunction"), props(res, "InferenceFunction")
+    assert function_property(tpl, "StreamingFunction", "Runtime") == "python3.12"
+    assert "PackageType" not in stream and "ImageUri" not in stream  # a zip
+    assert stream["Layers"] == inference["Layers"]
+    assert stream["Timeout"] == 900 and stream["MemorySize"] == inference["MemorySize"]
+    assert stream["AutoPublishAlias"] == "live"
+    assert stream["SnapStart"] == inference["SnapStart"]
+    assert stream["Policies"] == inference["Policies"]
+    env = function_environment(tpl, "StreamingFunction")
+    wrapper = env["AWS_LAMBDA_EXEC_WRAPPER"]
+    assert wrapper == "/var/task/stream-runtime"
+    script = REPO / "functions" / "streaming" / "stream-runtime"
+    assert script.read_text().startswith("#!/bin/sh\n") and script.stat().st_mode & 0o111
+    assert "-m maas.serving.lambdastream" in script.read_text()
+    for name in ("ALIAS_TTL_S", "MAX_BATCH_SIZE", "PRELOAD_MODELS"):
+        assert env[name] == function_environment(tpl, "InferenceFunction")[name]
+    assert stream["LoggingConfig"]["LogGroup"] == {"Ref": "StreamingLogGroup"}
+    assert "Events" not in stream  # StreamingApi's integrations name the function
+
+
+def test_streaming_api_streams_every_generation_route_from_the_alias(
+    res: dict[str, Any],
+) -> None:
+    api = props(res, "StreamingApi")
+    assert api["StageName"] == "stream"
+    assert api["EndpointConfiguration"] == {"Type": "REGIONAL"}  # 5 min idle, not 30 s
+    assert api["OpenApiVersion"] == "3.0.1"
+    ops = _streaming_ops(res)
+    assert set(ops) == STREAMING_ROUTES
+    assert _routes(res) >= STREAMING_ROUTES  # the same routes the HTTP API serves buffered
+    for route, op in ops.items():
+        integration = op["x-amazon-apigateway-integration"]
+        assert integration["type"] == "aws_proxy" and integration["httpMethod"] == "POST"
+        assert integration["responseTransferMode"] == "STREAM", route
+        assert integration["timeoutInMillis"] == 900000
+        uri = integration["uri"]["Fn::Sub"]
+        assert uri.endswith(
+            ":lambda:path/2021-11-15/functions/${StreamingFunctionAliaslive}"
+            "/response-streaming-invocations"
+        ), route
+    permission = props(res, "StreamingInvokePermission")
+    assert permission["Action"] == "lambda:InvokeFunction"  # what InvokeWithResponseStream needs
+    assert permission["Principal"] == "apigateway.amazonaws.com"
+    assert permission["FunctionName"] == {"Ref": "StreamingFunctionAliaslive"}
+    assert permission["SourceArn"]["Fn::Sub"].endswith(":${StreamingApi}/*")
+    throttle = api["MethodSettings"][0]
+    assert throttle["ThrottlingRateLimit"] == {"Ref": "ApiThrottlingRateLimit"}
+    assert throttle["ThrottlingBurstLimit"] == {"Ref": "ApiThrottlingBurstLimit"}
+
+
+@pytest.mark.parametrize("keys", ["false", "true"])
+@pytest.mark.parametrize(
+    ("auth", "scheme"), [("NONE", None), ("AWS_IAM", "AWS_IAM"), ("JWT", "JWT")]
+)
+def test_streaming_api_security_follows_inference_auth_and_api_keys(
+    tpl: dict[str, Any], auth: str, scheme: str | None, keys: str
+) -> None:
+    choice = {"InferenceAuth": auth, "StreamingApiKeys": keys}
+    want = {scheme: []} if scheme else {}
+    if keys == "true":
+        want["API_KEY"] = []
+    for route, op in _streaming_ops(tpl["Resources"]).items():
+        got = evaluate(tpl, op["security"], choice)
+        assert got == ([want] if want else "<AWS::NoValue>"), (choice, route)
+
+
+def test_streaming_jwt_is_a_cognito_authorizer_for_the_issuers_user_pool(
+    tpl: dict[str, Any],
+) -> None:
+    body = props(tpl["Resources"], "StreamingApi")["DefinitionBody"]
+    schemes = body["components"]["securitySchemes"]
+    assert body["x-amazon-apigateway-api-key-source"] == "HEADER"
+    assert schemes["API_KEY"] == {"type": "apiKey", "name": "x-api-key", "in": "header"}
+    assert schemes["AWS_IAM"]["x-amazon-apigateway-authtype"] == "awsSigv4"
+    issuer = "https://cognito-idp.us-west-2.amazonaws.com/us-west-2_AbC123"
+    jwt = evaluate(tpl, schemes["JWT"], {"InferenceAuth": "JWT", "JwtIssuer": issuer})
+    assert jwt["x-amazon-apigateway-authorizer"] == {
+        "type": "cognito_user_pools",
+        "providerARNs": ["arn:aws:cognito-idp:us-west-2:111122223333:userpool/us-west-2_AbC123"],
+    }
+    assert evaluate(tpl, schemes["JWT"], {"InferenceAuth": "NONE"}) == "<AWS::NoValue>"
+
+
+def test_streaming_api_keys_come_with_a_usage_plan(tpl: dict[str, Any]) -> None:
+    res = tpl["Resources"]
+    for name in ("StreamingUsagePlan", "StreamingApiKey", "StreamingUsagePlanKey"):
+        assert res[name]["Condition"] == "StreamingApiKeysOn"
+    assert tpl["Conditions"]["StreamingApiKeysOn"] == {
+        "Fn::Equals": [{"Ref": "StreamingApiKeys"}, "true"]
+    }
+    assert tpl["Parameters"]["StreamingApiKeys"]["Default"] == "false"
+    plan = props(res, "StreamingUsagePlan")
+    assert plan["ApiStages"] == [
+        {"ApiId": {"Ref": "StreamingApi"}, "Stage": {"Ref": "StreamingApi.Stage"}}
+    ]
+    assert plan["Throttle"] == {
+        "RateLimit": {"Ref": "StreamingKeyRateLimit"},
+        "BurstLimit": {"Ref": "StreamingKeyBurstLimit"},
+    }
+    assert plan["Quota"] == {"Limit": {"Ref": "StreamingKeyQuotaPerDay"}, "Period": "DAY"}
+    key = props(res, "StreamingUsagePlanKey")
+    assert key == {
+        "KeyId": {"Ref": "StreamingApiKey"},
+        "KeyType": "API_KEY",
+        "UsagePlanId": {"Ref": "StreamingUsagePlan"},
+    }
+
+
 def test_jwt_auth_requires_issuer_and_audience(tpl: dict[str, Any]) -> None:
     rule = tpl["Rules"]["JwtNeedsIssuerAndAudience"]
     assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "InferenceAuth"}, "JWT"]}
@@ -611,6 +753,10 @@ def test_outputs(tpl: dict[str, Any]) -> None:
     assert evaluate(tpl, outputs["ApiUrl"]["Value"], {}) == (
         "https://<InferenceApi>.execute-api.eu-west-1.amazonaws.com/"
     )
+    assert evaluate(tpl, outputs["StreamingApiUrl"]["Value"], {}) == (
+        "https://<StreamingApi>.execute-api.eu-west-1.amazonaws.com/stream/"
+    )
+    assert outputs["StreamingApiKeyId"]["Condition"] == "StreamingApiKeysOn"
 
 
 def _event(name: str) -> dict[str, Any]:

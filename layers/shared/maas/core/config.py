@@ -142,6 +142,7 @@ FUNCTION_SETTINGS: dict[str, type[EnvSettings]] = {
     "IngestFunction": IngestSettings,
     "OptimizeFunction": OptimizeSettings,
     "InferenceFunction": InferenceSettings,
+    "StreamingFunction": InferenceSettings,  # the same routes and store, streamed
     "AdminFunction": AdminSettings,
 }
 

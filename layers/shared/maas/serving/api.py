@@ -7,7 +7,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -19,6 +19,7 @@ from maas.serving.http import (
     Request,
     Response,
     Router,
+    StreamingResponse,
     error_response,
     json_response,
 )
@@ -33,9 +34,13 @@ DEADLINE_MARGIN_S = 1.5
 
 
 class Serving:
-    """One function's serving state: its settings and model store (made on first use), metrics."""
+    """One function's serving state: its settings and model store (made on first use), metrics.
 
-    def __init__(self) -> None:
+    ``api_timeout_s``: how long its front door waits for an answer (API Gateway's HTTP API:
+    30 s; a streaming front door: 15 minutes)."""
+
+    def __init__(self, api_timeout_s: float = API_TIMEOUT_S) -> None:
+        self.api_timeout_s = api_timeout_s
         self._settings: InferenceSettings | None = None
         self._store: ModelStore | None = None
         self.metrics = Metrics("maas-inference")
@@ -43,8 +48,8 @@ class Serving:
 
     def deadline(self) -> float:
         """When a generation must stop (time.monotonic()): before the function's time limit
-        and API Gateway's 30 s, with a margin to answer."""
-        remaining = API_TIMEOUT_S
+        and its front door's timeout, with a margin to answer."""
+        remaining = self.api_timeout_s
         get = getattr(self.context, "get_remaining_time_in_millis", None)
         if callable(get):
             remaining = min(remaining, float(get()) / 1000.0)
@@ -162,7 +167,7 @@ def infer(s: Serving, request: Request, model: str, version: str | None = None) 
     )
 
 
-# --- text generation: the OIP generate extension and the OpenAI wire format (buffered) -------
+# --- text generation: the OIP generate extension and the OpenAI wire format -----------------
 
 
 def _generator(loaded: Any, model: str) -> Any:
@@ -181,20 +186,57 @@ def _generate(s: Serving, gen: Any, ids: list[int], doc: dict[str, Any]) -> Any:
     return completion
 
 
-@router.post("/v2/models/<model>/generate")
-@router.post("/v2/models/<model>/versions/<version>/generate")
-def generate(s: Serving, request: Request, model: str, version: str | None = None) -> Response:
-    """OIP generate extension: text_input + parameters -> text_output (greedy by default)."""
+def _stream(
+    s: Serving, gen: Any, ids: list[int], doc: dict[str, Any], model: str,
+    frame: Callable[[Any], Iterator[bytes]],
+) -> StreamingResponse:  # fmt: skip
+    """A generation sent as it is produced: server-sent events framed by ``frame``; the
+    request is checked before the first byte, and how the stream ended is logged after."""
+    from maas.serving import streaming
+    from maas.serving.openaiwire import sampling
+
+    run = gen.stream(ids, sampling(doc, len(ids), gen.context_length), s.deadline())
+
+    def body() -> Iterator[bytes]:
+        started = time.perf_counter()
+        try:
+            yield from frame(run)
+        finally:
+            s.metrics.add_latency("GenerationLatency", (time.perf_counter() - started) * 1000)
+            c = run.completion
+            n, why = (c.completion_tokens, c.stopped_by) if c else (0, "not started")
+            logger.info(
+                "stream of %s ended after %d tokens: %s", model, n, why,
+                extra={"model": model, "tokens": n, "stopped_by": why},
+            )  # fmt: skip
+
+    return StreamingResponse(200, streaming.CONTENT_TYPE, body(), dict(streaming.HEADERS))
+
+
+def _oip_generation(
+    s: Serving, request: Request, model: str, version: str | None, stream: bool
+) -> tuple[Any, Any, list[int], dict[str, Any]]:
+    """(loaded model, generator, prompt ids, sampling request) of an OIP generate request."""
     from maas.serving.openaiwire import WireError, oip_generate_request, parse_json
 
     try:
-        text, params = oip_generate_request(parse_json(request.body()))
+        text, params = oip_generate_request(parse_json(request.body()), stream)
     except WireError as e:
         raise ProtocolError(str(e)) from None
     loaded = s.store().get(model, version, canary=True)
     gen = _generator(loaded, model)
+    return loaded, gen, gen.prompt_ids(text), {"temperature": 0.0, **params}
+
+
+@router.post("/v2/models/<model>/generate")
+@router.post("/v2/models/<model>/versions/<version>/generate")
+def generate(s: Serving, request: Request, model: str, version: str | None = None) -> Response:
+    """OIP generate extension: text_input + parameters -> text_output (greedy by default)."""
+    from maas.serving.openaiwire import WireError
+
+    loaded, gen, ids, doc = _oip_generation(s, request, model, version, stream=False)
     try:
-        completion = _generate(s, gen, gen.prompt_ids(text), {"temperature": 0.0, **params})
+        completion = _generate(s, gen, ids, doc)
     except WireError as e:
         raise ProtocolError(str(e)) from None
     body = {
@@ -205,6 +247,23 @@ def generate(s: Serving, request: Request, model: str, version: str | None = Non
         "usage": completion.usage(),
     }
     return json_response(200, body)
+
+
+@router.post("/v2/models/<model>/generate_stream")
+@router.post("/v2/models/<model>/versions/<version>/generate_stream")
+def generate_stream(
+    s: Serving, request: Request, model: str, version: str | None = None
+) -> Response:
+    """OIP generate extension, streamed: text_output as server-sent events, piece by piece."""
+    from maas.serving.openaiwire import WireError
+    from maas.serving.streaming import oip_events
+
+    loaded, gen, ids, doc = _oip_generation(s, request, model, version, stream=True)
+    served = str(loaded.version)
+    try:
+        return _stream(s, gen, ids, doc, model, lambda run: oip_events(run, model, served))
+    except WireError as e:
+        raise ProtocolError(str(e)) from None
 
 
 def _openai(handler: Callable[..., Response]) -> Callable[..., Response]:
@@ -247,14 +306,20 @@ def openai_completions(s: Serving, request: Request) -> Response:
         model_name,
         parse_json,
         prompt_text,
+        streaming,
     )
+    from maas.serving.streaming import openai_events
 
     doc = parse_json(request.body())
     check_keys(doc, {"model", "prompt"})
+    stream, usage = streaming(doc)
     model = model_name(doc)
     gen = _generator(s.store().get(model, None, canary=True), model)
-    completion = _generate(s, gen, gen.prompt_ids(prompt_text(doc)), doc)
-    return json_response(200, completion_body(model, completion))
+    ids = gen.prompt_ids(prompt_text(doc))
+    if stream:
+        frame = functools.partial(openai_events, model=model, chat=False, include_usage=usage)
+        return _stream(s, gen, ids, doc, model, frame)
+    return json_response(200, completion_body(model, _generate(s, gen, ids, doc)))
 
 
 @router.post("/v1/chat/completions")
@@ -268,10 +333,13 @@ def openai_chat(s: Serving, request: Request) -> Response:
         messages,
         model_name,
         parse_json,
+        streaming,
     )
+    from maas.serving.streaming import openai_events
 
     doc = parse_json(request.body())
     check_keys(doc, {"model", "messages"})
+    stream, usage = streaming(doc)
     model = model_name(doc)
     msgs = messages(doc)
     gen = _generator(s.store().get(model, None, canary=True), model)
@@ -279,4 +347,7 @@ def openai_chat(s: Serving, request: Request) -> Response:
         ids = gen.chat_ids(msgs)
     except (ChatTemplateError, ValueError) as e:
         raise WireError(str(e), "messages") from None
+    if stream:
+        frame = functools.partial(openai_events, model=model, chat=True, include_usage=usage)
+        return _stream(s, gen, ids, doc, model, frame)
     return json_response(200, chat_body(model, _generate(s, gen, ids, doc)))

@@ -35,6 +35,28 @@ class GenerateRequest(BaseModel):
     parameters: GenerateParameters | None = None
 
 
+class GenerateStreamParameters(_Sampling):
+    stream: Literal[True] | None = None
+
+
+class GenerateStreamRequest(BaseModel):
+    """OIP generate_stream: as generate, answered as server-sent events piece by piece."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = None
+    text_input: str
+    parameters: GenerateStreamParameters | None = None
+
+
+class StreamOptions(BaseModel):
+    """OpenAI's stream_options (with "stream": true only): a usage chunk before [DONE]."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool | None = None
+
+
 class TokenUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
@@ -54,7 +76,8 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str]
     max_completion_tokens: int | None = Field(default=None, ge=1)
     n: Literal[1] | None = None
-    stream: Literal[False] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
     user: str | None = None
 
 
@@ -68,7 +91,8 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     n: Literal[1] | None = None
-    stream: Literal[False] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
     user: str | None = None
 
 

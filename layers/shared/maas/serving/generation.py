@@ -3,8 +3,9 @@
 No torch: the graph is the training job's export (maas/core/contract.py names its inputs and
 outputs), the prompt is tokenized by maas.serving.textprep.PromptTokenizer (as transformers'
 AutoTokenizer tokenizes it), a chat is rendered by maas.serving.chattemplate (as
-apply_chat_template renders it). ``tokens`` yields one token at a time and stops when asked
-(the streaming issue builds on it); ``generate`` is the buffered answer.
+apply_chat_template renders it). ``tokens`` yields one token at a time and stops when asked;
+``stream`` yields the text as it is decoded (what the streaming routes send), and ``generate``,
+the buffered answer, is that stream run to its end.
 
 Sampling follows transformers' order: repetition penalty, temperature, top-k, top-p, then a
 draw (greedy when temperature is 0). A seed makes a sampled answer repeatable.
@@ -139,38 +140,89 @@ class Generator:
             feeds = {INPUT_IDS: np.asarray([[token]], dtype=np.int64)}
             feeds.update(zip(self.past_names, out[1:], strict=True))
 
+    def stream(self, ids: list[int], p: Sampling, deadline: float | None = None) -> Generation:
+        """The completion as it is produced: iterate for its text, piece by piece."""
+        return Generation(self, ids, p, deadline)
+
     def generate(self, ids: list[int], p: Sampling, deadline: float | None = None) -> Completion:
         """The whole completion; stop sequences cut the text where they first appear.
 
         ``deadline`` (time.monotonic()): past it, generation ends with finish_reason "length"
         and what it has, so a request never outruns the function's time limit."""
+        run = self.stream(ids, p, deadline)
+        for _ in run:
+            pass
+        assert run.completion is not None
+        return run.completion
+
+
+class Generation:
+    """One generation as it happens. Iterating yields each new piece of text once it is safe to
+    show: never half a character (byte-level tokens may split one), never the start of what may
+    still become a stop sequence. Joined, the pieces are ``completion.text``, which is set when
+    the iteration ends, or when it is closed early (a client gone: ``stopped_by`` "closed").
+
+    Generation is pulled: no token is computed before the consumer asks for the next piece, so
+    a consumer that stops asking stops the model within the token in flight."""
+
+    def __init__(self, gen: Generator, ids: list[int], p: Sampling, deadline: float | None) -> None:
+        self.gen, self.ids, self.p, self.deadline = gen, ids, p, deadline
+        self.token_ids: list[int] = []
+        self.completion: Completion | None = None
+
+    def __iter__(self) -> Iterator[str]:
         t0 = time.monotonic()
-        out: list[int] = []
-        first = 0.0
-        late = [False]
+        out, p, first, late = self.token_ids, self.p, 0.0, [False]
 
         def should_stop() -> bool:
-            late[0] = deadline is not None and time.monotonic() > deadline
+            late[0] = self.deadline is not None and time.monotonic() > self.deadline
             return late[0]
 
-        text, reason, why = "", "length", "max_tokens"
-        for token in self.tokens(ids, p, should_stop):
-            out.append(token)
-            first = first or time.monotonic() - t0
-            text = self.tokenizer.decode(out)
-            hit = _first_stop(text, p.stop)
-            if hit is not None:
-                text, reason, why = text[:hit], "stop", "stop sequence"
+        text, sent, reason, why = "", "", "length", "closed"
+        try:
+            for token in self.gen.tokens(self.ids, p, should_stop):
+                out.append(token)
+                first = first or time.monotonic() - t0
+                text = self.gen.tokenizer.decode(out)
+                hit = _first_stop(text, p.stop)
+                if hit is not None:
+                    text, reason, why = text[:hit], "stop", "stop sequence"
+                    break
+                ready = len(text) - _held_back(text, p.stop)
+                if ready > len(sent) and text.startswith(sent):
+                    piece, sent = text[len(sent) : ready], text[:ready]
+                    yield piece
+            else:
+                text = self.gen.tokenizer.decode(out)
+                reason, why = self._why_it_ended(late[0])
+            if len(text) > len(sent) and text.startswith(sent):
+                piece, sent = text[len(sent) :], text
+                yield piece
+        finally:
+            self.completion = Completion(
+                text, out, reason, len(self.ids), time.monotonic() - t0, first, stopped_by=why
+            )
+
+    def _why_it_ended(self, late: bool) -> tuple[str, str]:
+        """(finish_reason, stopped_by) of a generation whose token loop ran out."""
+        n, room = len(self.token_ids), self.gen.context_length - len(self.ids)
+        if late:
+            return "length", "deadline"
+        if n < self.p.max_tokens and n < room:
+            return "stop", "eos"
+        return "length", "context" if n < self.p.max_tokens else "max_tokens"
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of ``text`` may not be shown yet: an undecoded character
+    (U+FFFD while its bytes are incomplete), or the start of a stop sequence."""
+    held = len(text) - len(text.rstrip("\ufffd"))
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), held, -1):
+            if text.endswith(s[:k]):
+                held = k
                 break
-        else:
-            text = self.tokenizer.decode(out)
-            if late[0]:
-                why = "deadline"
-            elif len(out) < p.max_tokens and len(ids) + len(out) < self.context_length:
-                reason, why = "stop", "eos"
-            elif len(out) < p.max_tokens:
-                why = "context"
-        return Completion(text, out, reason, len(ids), time.monotonic() - t0, first, stopped_by=why)
+    return held
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

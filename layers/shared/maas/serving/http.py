@@ -14,7 +14,7 @@ import binascii
 import json
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 LAMBDA_PAYLOAD_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit
@@ -63,6 +63,26 @@ class Response:
             "body": base64.b64encode(body).decode() if isinstance(body, bytes) else body,
             "isBase64Encoded": binary,
         }
+
+
+class StreamingResponse(Response):
+    """A response written as it is produced (server-sent events): a front door that streams
+    sends each chunk when it comes (maas.serving.lambdastream); a buffered one gets them joined
+    when the last is made (to_event), so the same route answers both."""
+
+    def __init__(
+        self,
+        status: int,
+        content_type: str,
+        chunks: Iterator[bytes],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status, content_type, "", headers)
+        self.chunks = chunks
+
+    def to_event(self) -> dict[str, Any]:
+        self.body = b"".join(self.chunks).decode()
+        return super().to_event()
 
 
 class ClientResponse(NamedTuple):

@@ -1,5 +1,6 @@
-"""The OpenAI wire format (buffered) and the OIP generate extension's request: parsing with
-clear errors, and the response bodies. Standard library only (plus maas.serving.generation).
+"""The OpenAI wire format and the OIP generate extension's request: parsing with clear errors,
+and the buffered response bodies (the streamed ones: maas.serving.streaming). Standard library
+only (plus maas.serving.generation).
 
 Errors on /v1/* are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``; the
 OIP generate route keeps the API's ``{"error": "..."}``.
@@ -18,8 +19,9 @@ from maas.serving.http import ProtocolError, Response
 DEFAULT_MAX_TOKENS = 16  # OpenAI's completions default
 MAX_MESSAGES = 256
 # Accepted but without effect at their neutral value; anything else is refused by name.
-NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "n": 1, "stream": False}
-IGNORED = {"user", "logprobs", "echo", "suffix", "stream_options", "metadata", "store"}
+NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "n": 1}
+IGNORED = {"user", "logprobs", "echo", "suffix", "metadata", "store"}
+STREAMING = {"stream", "stream_options"}
 SAMPLING = {
     "max_tokens",
     "max_completion_tokens",
@@ -100,8 +102,27 @@ def check_keys(doc: dict[str, Any], own: set[str]) -> None:
     for key in doc:
         if key in NEUTRAL and doc[key] not in (NEUTRAL[key], None):
             raise WireError(f"{key}={doc[key]!r} is not supported here", key, "unsupported_value")
-        if key not in own | SAMPLING | IGNORED | set(NEUTRAL):
+        if key not in own | SAMPLING | IGNORED | STREAMING | set(NEUTRAL):
             raise WireError(f"unknown parameter {key!r}", key, "unknown_parameter")
+
+
+def streaming(doc: dict[str, Any]) -> tuple[bool, bool]:
+    """(stream, include_usage) of a request: ``stream`` and ``stream_options`` as OpenAI
+    reads them (options only with a stream)."""
+    stream = doc.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise WireError("stream must be a boolean", "stream")
+    options = doc.get("stream_options")
+    if options is None:
+        return bool(stream), False
+    if not stream:
+        raise WireError("stream_options is only allowed when stream is true", "stream_options")
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise WireError("stream_options takes only include_usage", "stream_options")
+    usage = options.get("include_usage", False)
+    if not isinstance(usage, bool):
+        raise WireError("stream_options.include_usage must be a boolean", "stream_options")
+    return True, usage
 
 
 def sampling(doc: dict[str, Any], prompt_tokens: int, context: int) -> Sampling:
@@ -213,19 +234,25 @@ def models_body(names: list[tuple[str, int]]) -> dict[str, Any]:
     }
 
 
-def oip_generate_request(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(text_input, parameters) of the OIP generate extension's request."""
+def oip_generate_request(doc: dict[str, Any], stream: bool = False) -> tuple[str, dict[str, Any]]:
+    """(text_input, parameters) of the OIP generate extension's request (/generate, or
+    /generate_stream when ``stream``)."""
     text = doc.get("text_input")
     if not isinstance(text, str):
         raise ProtocolError("text_input must be a string")
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise ProtocolError("parameters must be an object")
+    params = dict(params)
     unknown = sorted(set(params) - SAMPLING - {"stream"})
     if unknown:
         raise ProtocolError(f"unknown parameter(s) {unknown}; known: {sorted(SAMPLING)}")
-    if params.get("stream"):
-        raise ProtocolError("streaming is generate_stream's; /generate answers buffered")
+    if params.pop("stream", None) not in (None, stream):
+        raise ProtocolError(
+            "streaming is generate_stream's; /generate answers buffered"
+            if not stream
+            else "generate_stream always streams (parameters.stream false: use /generate)"
+        )
     extra = sorted(set(doc) - {"text_input", "parameters", "id"})
     if extra:
         raise ProtocolError(f"unknown field(s) {extra}")
