@@ -1,22 +1,31 @@
-"""An HTTP server that turns requests into API Gateway HTTP API (payload 2.0) events.
+"""An HTTP server that turns requests into API Gateway events for the stack's functions.
 
 /admin/* goes to the admin function and only when SigV4-signed by the stack's credentials
-(template.yaml puts AWS_IAM on those routes); everything else goes to the inference function,
-signed too when the stack's inference auth is AWS_IAM. Events above Lambda's 6 MB invocation
-payload limit are refused with 413 before any function runs, as Lambda would refuse them.
+(template.yaml puts AWS_IAM on those routes); the streaming API's routes (template.yaml's
+StreamingApi: the generation routes) go to the streaming function as REST API proxy events,
+and its response is sent as it comes, chunked (the streaming integration); everything else
+goes to the inference function as HTTP API (payload 2.0) events. The inference and streaming
+routes are signed too when the stack's inference auth is AWS_IAM. Events above Lambda's 6 MB
+invocation payload limit are refused with 413 before any function runs, as Lambda would.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import re
+import select
+import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 from maas.serving.http import LAMBDA_PAYLOAD_BYTES, ClientResponse, error_body
-from maas_devkit.events import http_api_event
+from maas.serving.lambdastream import read_prelude
+from maas_devkit.events import http_api_event, rest_api_event
 
 from maas_local.lambda_runtime import FunctionPool
 from maas_local.sigv4 import Unauthorized, verify
@@ -49,11 +58,29 @@ class ApiServer(ThreadingHTTPServer):
         function: FunctionPool,
         admin: FunctionPool | None = None,
         iam: IamPolicy | None = None,
+        streaming: FunctionPool | None = None,
+        stream_routes: Iterable[tuple[str, str]] = (),
     ) -> None:
         self.function = function
         self.admin = admin
         self.iam = iam or IamPolicy({"testing": "testing"}, "us-east-1", "123456789012")
+        self.streaming = streaming
+        # (method, template path with {params}): the streaming API's routes.
+        self.stream_routes = [
+            (m.upper(), path, re.compile("^" + re.sub(r"{(\w+)}", r"(?P<\1>[^/]+)", path) + "$"))
+            for m, path in stream_routes
+        ]
         super().__init__((host, port), _Handler)
+
+    def stream_route(self, method: str, path: str) -> tuple[str, dict[str, str]] | None:
+        """(the route's template path, its path parameters) when the streaming API has it."""
+        if self.streaming is None:
+            return None
+        for m, template, pattern in self.stream_routes:
+            match = pattern.match(path) if m == method else None
+            if match:
+                return template, match.groupdict()
+        return None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -81,7 +108,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         path = urlsplit(self.path).path
         admin = path == ADMIN_PREFIX.rstrip("/") or path.startswith(ADMIN_PREFIX)
+        route = None if admin else self.server.stream_route(self.command, path)
         function = self.server.admin if admin else self.server.function
+        if route is not None:
+            function = self.server.streaming
         if function is None:
             self._error(404, "Not Found")
             return
@@ -102,6 +132,9 @@ class _Handler(BaseHTTPRequestHandler):
                 # API Gateway answers {"message": "Forbidden"}; the reason helps on a laptop.
                 self._error(403, "Forbidden", str(e))
                 return
+        if route is not None:
+            self._stream(function, route, body)
+            return
         event = http_api_event(
             self.command,
             self.path,
@@ -132,6 +165,50 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._reply(*ClientResponse.of(result))
 
+    def _stream(
+        self, function: FunctionPool, route: tuple[str, dict[str, str]], body: bytes
+    ) -> None:
+        """The streaming integration: a REST API proxy event in, the response out as the
+        function produces it (chunked), until it ends or the client goes away."""
+        resource, params = route
+        event = rest_api_event(
+            self.command,
+            self.path,
+            dict(self.headers.items()),
+            body or None,
+            resource=resource,
+            path_parameters=params,
+            source_ip=self.client_address[0],
+        )
+        if len(json.dumps(event)) > LAMBDA_PAYLOAD_BYTES:
+            self._error(413, "Request Entity Too Large", "the event exceeds Lambda's payload limit")
+            return
+        started = False
+        try:
+            with function.stream(event) as chunks:
+                status, headers, first = read_prelude(chunks)
+                self.send_response(status)
+                for k, v in headers.items():
+                    if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                        self.send_header(k, v)
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                started = True
+                for chunk in itertools.chain([first], chunks):
+                    if chunk:
+                        self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    if _client_gone(self.connection):  # before the next piece is made
+                        self.close_connection = True
+                        return
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client went away mid-write
+            self.close_connection = True
+        except Exception:
+            log.exception("streaming function failed")
+            self.close_connection = True
+            if not started:
+                self._error(500, "Internal Server Error")
+
     def _error(self, status: int, message: str, detail: str | None = None) -> None:
         body: dict[str, str] = {"message": message}
         if detail:
@@ -154,3 +231,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+
+def _client_gone(sock: socket.socket) -> bool:
+    """Whether the client closed its side: readable, and nothing to read."""
+    try:
+        if not select.select([sock], [], [], 0)[0]:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True

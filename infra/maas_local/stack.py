@@ -6,6 +6,8 @@ poller           -> IngestFunction with SQS events (Lambda's event source mappin
 runner           -> training/train.py under the SageMaker contract, then OptimizeFunction
                     with the "SageMaker Training Job State Change" event
 HTTP server      -> InferenceFunction with API Gateway HTTP API payload-2.0 events;
+                    the streaming API's routes -> StreamingFunction with REST API proxy
+                    events, its response streamed (chunked) as the function writes it;
                     /admin/* (SigV4-signed only, as AWS_IAM) -> AdminFunction
 """
 
@@ -103,6 +105,12 @@ def _moto_server_class() -> Any:
     return MotoServer
 
 
+def streaming_routes(template: dict[str, Any]) -> list[tuple[str, str]]:
+    """(method, path) of the streaming API's routes, as template.yaml's StreamingApi lists them."""
+    paths = template["Resources"]["StreamingApi"]["Properties"]["DefinitionBody"]["paths"]
+    return [(m.upper(), path) for path, ops in paths.items() for m in ops]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -121,6 +129,8 @@ class LocalStackConfig:
     functions_dir: Path = FUNCTIONS_DIR
     training_entry: Path = TRAINING_ENTRY
     inference_containers: int = 4
+    # Lambda runs each stream in its own environment: as many as streams at once, up to this.
+    streaming_containers: int = 8
     training_workers: int = 1
     quiet_functions: bool = True
     # The template's parameters, where a test or a user wants other than the defaults.
@@ -211,6 +221,12 @@ class LocalStack:
         inference = FunctionPool(
             self.cfg.functions_dir, "inference", size=self.cfg.inference_containers, timeout_s=30
         )
+        streaming = FunctionPool(
+            self.cfg.functions_dir,
+            "streaming",
+            timeout_s=900,
+            max_size=self.cfg.streaming_containers,
+        )
         admin = FunctionPool(
             self.cfg.functions_dir,
             "admin",
@@ -230,7 +246,15 @@ class LocalStack:
             ACCOUNT,
             inference=self.cfg.inference_auth == "AWS_IAM",
         )
-        self._http = ApiServer(self.cfg.host, self.cfg.api_port, inference, admin, iam)
+        self._http = ApiServer(
+            self.cfg.host,
+            self.cfg.api_port,
+            inference,
+            admin,
+            iam,
+            streaming=streaming,
+            stream_routes=streaming_routes(load_template(self.cfg.template)),
+        )
         self._spawn("http-api", self._http.serve_forever)
 
     def stop(self) -> None:
@@ -311,6 +335,8 @@ class LocalStack:
         self.outputs = {
             "StackName": self.cfg.stack_name,
             "ApiUrl": self.api_url + "/",
+            # One server here: the streaming API's routes stream on the API's own port.
+            "StreamingApiUrl": self.api_url + "/",
             "DataBucketName": self.names.get("DataBucket", ""),
             "ArtifactBucketName": self.names.get("ArtifactBucket", ""),
             "RegistryTableName": self.names.get("RegistryTable", ""),
