@@ -17,6 +17,7 @@ import logging
 import re
 import select
 import socket
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,6 +72,14 @@ class ApiServer(ThreadingHTTPServer):
             for m, path in stream_routes
         ]
         super().__init__((host, port), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets its kept-alive connection (one that went away mid-stream) is
+        no server error; anything else is logged as socketserver would print it."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("%s closed its connection", client_address)
+            return
+        log.exception("request from %s failed", client_address)
 
     def stream_route(self, method: str, path: str) -> tuple[str, dict[str, str]] | None:
         """(the route's template path, its path parameters) when the streaming API has it."""
