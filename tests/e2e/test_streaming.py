@@ -494,3 +494,40 @@ def test_curl_like_client_sees_a_clear_error_before_the_stream_starts(
     )
     r = conn.getresponse()
     assert r.status == 400 and json.loads(r.read())["error"]["param"] == "stream_options"
+
+
+def test_maas_chat_prints_the_answer_as_it_arrives(stack: LocalStack, slow_llama: Path) -> None:
+    ask = "Name a file format."
+    want = _client(stack).chat.completions.create(
+        model=SLOW, messages=[{"role": "user", "content": ask}], max_tokens=LONG, temperature=0
+    )
+    assert want.usage is not None and want.usage.completion_tokens > 40
+    # GIVEN `maas chat` in a terminal-like pipe, one turn typed
+    env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_url, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maas_cli.main", "chat", SLOW, "--max-tokens", str(LONG)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(ask.encode() + b"\n\n")
+    proc.stdin.close()
+    # WHEN its output is read as it comes
+    reads: list[tuple[float, bytes]] = []
+    while got := os.read(proc.stdout.fileno(), 65536):
+        reads.append((time.perf_counter(), got))
+    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    out = b"".join(b for _, b in reads).decode()
+    # THEN it printed the answer the buffered request gets
+    assert f"{SLOW}> {want.choices[0].message.content}\n" in out
+    # AND printed it piece by piece over the generation, not at its end
+    at = next(i for i, (_, b) in enumerate(reads) if f"{SLOW}> ".encode() in b)
+    asked, answer = reads[at][0], [t for t, _ in reads[at + 1 :]]
+    span, whole = answer[-1] - answer[0], answer[-1] - asked
+    print(
+        f"maas chat: {want.usage.completion_tokens} tokens printed in {len(answer)} reads over "
+        f"{span * 1000:.0f} ms of the {whole * 1000:.0f} ms from the request to the last piece"
+    )
+    assert len(answer) >= 10 and span > 0.5 * whole
