@@ -8,7 +8,7 @@ KSERVE_VERSION ?= 0.21.0
 CHECKOV := $(VENV)/checkov/.installed
 CHECKOV_VERSION ?= 3.3.30
 
-.PHONY: setup sam kserve checkov reliability-table demo test unit integration e2e test-fast lint typecheck local build validate openapi clean bench bench-generation llamacpp
+.PHONY: setup sam kserve checkov reliability-table demo test unit integration e2e test-fast lint typecheck local build validate openapi clean bench bench-generation bench-streaming llamacpp
 
 setup: $(VENV)/.installed
 
@@ -69,6 +69,7 @@ e2e: setup kserve
 bench: setup sam
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.generation
+	$(BIN)/python -m bench.streaming
 
 # llama.cpp for bench/generation.py's comparison: llama-cpp-python builds from source (cmake,
 # a few minutes on 2 cores), with the gguf writer, in an environment of its own.
@@ -82,6 +83,11 @@ $(LLAMACPP):
 # Text generation alone (bench/generation.py): served loop vs transformers, one thread.
 bench-generation: setup
 	$(BIN)/python -m bench.generation
+
+# Token streaming alone (bench/streaming.py): streamed vs buffered over the local HTTP API,
+# the streaming handler per token vs the bare loop.
+bench-streaming: setup
+	$(BIN)/python -m bench.streaming
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not e2e"

@@ -25,7 +25,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 MIB = 1024 * 1024
 LAMBDA_UNZIPPED_LIMIT = 262_144_000  # bytes: function code + all its layers, unzipped
 INFERENCE_BUDGET = 150 * MIB  # the performance target (bench/): 100 MB of room under the limit
-FUNCTIONS = ("IngestFunction", "OptimizeFunction", "InferenceFunction", "AdminFunction")
+FUNCTIONS = (
+    "IngestFunction",
+    "OptimizeFunction",
+    "InferenceFunction",
+    "StreamingFunction",
+    "AdminFunction",
+)
 
 
 def find_sam() -> str | None:
@@ -249,6 +255,16 @@ import tokenizers, maas.serving.textserving, maas.serving.awslite
 """
 
 
+# The streaming function as Lambda starts it: its exec wrapper executable in the zip, and the
+# Runtime API loop it runs importable from the layers with the handler it calls.
+STREAMING_SMOKE = """
+import os, importlib
+assert os.access(os.path.join(sys.path[0], "stream-runtime"), os.X_OK), "wrapper not executable"
+loop = importlib.import_module("maas.serving.lambdastream")
+assert callable(loop.main) and callable(app.stream_handler)
+"""
+
+
 # The optimizer's tooling from the build output: quant_pre_process (symbolic shape inference)
 # on a real graph, and the transformer fusions' module (both need sympy, undeclared by ORT).
 OPTIMIZE_SMOKE = """
@@ -283,6 +299,7 @@ def test_built_handler_imports(
     heavy = {
         "InferenceFunction": INFERENCE_SMOKE,
         "OptimizeFunction": OPTIMIZE_SMOKE,
+        "StreamingFunction": STREAMING_SMOKE,
     }.get(function, "pass")
     code = (
         "import sys; sys.path[:0] = sys.argv[1:-1]; import app; "
