@@ -19,14 +19,26 @@ import boto3
 import pytest
 from maas_devkit.account import DATA_BUCKET
 from maas_devkit.cfn import as_list, load_template, policy_statements
-from maas_devkit.events import http_event, put_and_notify, s3_notification, sqs_event
+from maas_devkit.events import (
+    http_event,
+    put_and_notify,
+    rest_api_event,
+    s3_notification,
+    sqs_event,
+)
 from maas_devkit.lambda_runtime import LambdaContext, load_handler
 from maas_devkit.models import infer_body
 from maas_devkit.publish import publish_model
 from test_optimize import _event, _model_tarball, _start_run, _upload_artifact
 
 SECTION = "Security"
-FUNCTIONS = ("IngestFunction", "OptimizeFunction", "InferenceFunction", "AdminFunction")
+FUNCTIONS = (
+    "IngestFunction",
+    "OptimizeFunction",
+    "InferenceFunction",
+    "StreamingFunction",
+    "AdminFunction",
+)
 # Granted, though no flow here calls it directly, and why.
 IMPLIED = {
     # S3 answers 403 instead of 404 for a missing key without ListBucket: "not there" must
@@ -165,6 +177,19 @@ def test_each_function_is_granted_what_it_calls_and_nothing_more(
     ]:
         run(recorder, "InferenceFunction", lambda m=method, p=path, b=payload: (
             inference.lambda_handler(http_event(m, p, b), ctx)
+        ))  # fmt: skip
+
+    # --- streaming: its routes, as the streaming API's REST proxy events, streams read out
+    streaming = load_handler("streaming")
+    for method, path, payload in [
+        ("GET", "/v1/models", None),
+        ("POST", "/v1/completions", {"model": "flowers", "prompt": "x", "stream": True}),
+        ("POST", "/v2/models/flowers/generate_stream", {"text_input": "x"}),
+        ("POST", "/v2/models/flowers/versions/1/generate_stream", {"text_input": "x"}),
+    ]:
+        event = rest_api_event(method, path, {}, None if payload is None else json.dumps(payload))
+        run(recorder, "StreamingFunction", lambda e=event: (
+            b"".join(streaming.stream_handler(e, ctx))
         ))  # fmt: skip
 
     # --- admin: every route, as a signed caller, moving the alias for real
