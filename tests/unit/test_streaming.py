@@ -195,6 +195,9 @@ def test_an_error_after_the_start_is_a_last_error_event_never_a_silent_cut() -> 
     *chunks, last = events
     assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "a", "b"]
     assert last["error"]["type"] == "server_error" and "logs" in last["error"]["message"]
+    run = _broken().stream([1], GREEDY)
+    assert "[DONE]" not in _events(list(openai_events(run, "m", chat=False)))
+    assert run.completion is not None and run.completion.stopped_by == "error"
     oip = _events(list(oip_events(_broken().stream([1], GREEDY), "m", "3")))
     assert [e.get("text_output") for e in oip[:-1]] == ["a", "b"]
     assert set(oip[-1]) == {"error"}

@@ -46,7 +46,7 @@ class Completion:
     prompt_tokens: int
     seconds: float = 0.0
     first_token_s: float = 0.0
-    stopped_by: str = ""  # eos | stop sequence | max_tokens | context | deadline
+    stopped_by: str = ""  # eos | stop sequence | max_tokens | context | deadline | closed | error
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -198,6 +198,9 @@ class Generation:
             if len(text) > len(sent) and text.startswith(sent):
                 piece, sent = text[len(sent) :], text
                 yield piece
+        except Exception:  # the model or the tokenizer failed: not a client gone
+            why = "error"
+            raise
         finally:
             self.completion = Completion(
                 text, out, reason, len(self.ids), time.monotonic() - t0, first, stopped_by=why
