@@ -123,6 +123,8 @@ class InferenceSettings(EnvSettings):
     function_memory_mb: int = setting("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 1769, ge=128)
     # /tmp: Lambda's only writable path.
     model_cache_dir: str = setting("MODEL_CACHE_DIR", "/tmp/maas-models")  # noqa: S108
+    # Models above this load from memory, not /tmp (512 MB unless EphemeralStorage says more).
+    model_memory_load_mb: float = setting("MODEL_MEMORY_LOAD_MB", 400.0, ge=0)
     # SnapStart: models whose prod version init loads ("a,b", or "*" for every prod model).
     preload_models: str | None = setting("PRELOAD_MODELS", None)
 

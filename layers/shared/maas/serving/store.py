@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -425,10 +426,12 @@ class ModelStore:
         self._check_ready(model, version)
         prefix = model_prefix(model, version)
         manifest = self._manifest(model, version, prefix)
-        local = self._verified_model_file(model, version, prefix, manifest)
-        size = local.stat().st_size  # ONNX Runtime's memory follows the graph's weights
+        local, in_memory = self._verified_model(model, version, prefix, manifest)
+        # ONNX Runtime's memory follows the graph's weights.
+        size = len(in_memory) if in_memory is not None else local.stat().st_size
         self._make_room(model, version, size)
-        session = new_session(local, threads_for_memory(self.settings.function_memory_mb))
+        threads = threads_for_memory(self.settings.function_memory_mb)
+        session = new_session(in_memory if in_memory is not None else local, threads)
         inputs = [
             TensorMeta(i.name, oip_datatype(i.type), oip_shape(i.shape))
             for i in session.get_inputs()
@@ -506,14 +509,45 @@ class ModelStore:
         after a reset, another version, another model)."""
         return self.cache_dir / "sha256" / f"{digest}.onnx"
 
-    def _verified_model_file(
+    def _verified_model(
         self, model: str, version: int, prefix: str, manifest: dict[str, Any]
-    ) -> Path:
-        """model.onnx in the local cache (downloaded if absent), its sha256 the manifest's."""
+    ) -> tuple[Path, bytes | None]:
+        """(the model's cache path, and its bytes when it loads from memory instead): either
+        way its sha256 is the manifest's. A model above MODEL_MEMORY_LOAD_MB never touches
+        /tmp, which holds 512 MB on Lambda unless the function asks for more."""
         expected = str(manifest.get("sha256") or "")
         if not re.fullmatch(r"[0-9a-f]{64}", expected):
             raise ModelUnavailable(f"version {version} of model {model!r}: manifest has no sha256")
         local = self.cache_file(expected)
+        size = int(manifest.get("size_bytes") or 0)
+        if size <= self.settings.model_memory_load_mb * 1024 * 1024:
+            return self._verified_model_file(model, version, prefix, local, expected), None
+        try:
+            with _reading(ARTIFACTS):
+                data = self.storage.get_bytes(self.settings.artifact_bucket, prefix + MODEL_FILE)
+        except ObjectMissing:
+            raise self._missing_model(model, version) from None
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise self._failed_integrity(model, version)
+        return local, data
+
+    @staticmethod
+    def _missing_model(model: str, version: int) -> ModelUnavailable:
+        return ModelUnavailable(
+            f"version {version} of model {model!r} has no {MODEL_FILE} in the artifact bucket"
+        )
+
+    @staticmethod
+    def _failed_integrity(model: str, version: int) -> ModelUnavailable:
+        return ModelUnavailable(
+            f"version {version} of model {model!r} failed its integrity check "
+            "(sha256 differs from the manifest); not loaded"
+        )
+
+    def _verified_model_file(
+        self, model: str, version: int, prefix: str, local: Path, expected: str
+    ) -> Path:
+        """model.onnx in the local cache (downloaded if absent), its sha256 `expected`."""
         if local.exists() and sha256_file(local) == expected:
             return local
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -524,15 +558,10 @@ class ModelStore:
             with _reading(ARTIFACTS):
                 self.storage.download(self.settings.artifact_bucket, prefix + MODEL_FILE, part)
         except ObjectMissing:
-            raise ModelUnavailable(
-                f"version {version} of model {model!r} has no {MODEL_FILE} in the artifact bucket"
-            ) from None
+            raise self._missing_model(model, version) from None
         if sha256_file(part) != expected:
             part.unlink(missing_ok=True)
-            raise ModelUnavailable(
-                f"version {version} of model {model!r} failed its integrity check "
-                "(sha256 differs from the manifest); not loaded"
-            )
+            raise self._failed_integrity(model, version)
         part.replace(local)
         return local
 
@@ -554,7 +583,7 @@ class ModelStore:
                 self.settings.artifact_bucket,
                 prefix,
                 manifest,
-                local.parent / "text",
+                local.with_suffix(".text"),  # beside the model it serves: one per artifact
                 [i.name for i in inputs],
             )
         except (TextFilesUnavailable, ValueError, OSError) as e:
