@@ -94,6 +94,8 @@ def _version_line(v: dict[str, Any], prod: int | None = None, canary_weight: flo
         parts.append(f"recipe={recipe}")
     if acc is not None:
         parts.append(f"accuracy={acc:.4f}")
+    if metrics.get("r2") is not None:
+        parts.append(f"r2={metrics['r2']:.4f}")
     if metrics.get("cosine_mean") is not None:
         parts.append(f"cosine={metrics['cosine_mean']:.4f}")
     if size and fp32:

@@ -187,7 +187,8 @@ def add_label_head(model, class_names: list[str]):  # onnx.ModelProto -> onnx.Mo
     return model
 
 
-def _finish(proto, class_names: list[str] | None, metadata: dict[str, str]) -> int:
+def finish_graph(proto, class_names: list[str] | None, metadata: dict[str, str]) -> int:
+    """The label head (classifiers), the opset and IR checks, the metadata, the ONNX checker."""
     import onnx
 
     if class_names is not None:
@@ -305,7 +306,7 @@ def export_model(
             )
             exporter = other
             proto = _raw_export(exporter, module, example, names, output_name, sequence, Path(tmp))
-    opset = _finish(proto, class_names, metadata)
+    opset = finish_graph(proto, class_names, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
     ir = int(proto.ir_version)

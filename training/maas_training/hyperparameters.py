@@ -32,6 +32,7 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "embedding_dim": (1, 4096, True, True),
     "buckets": (2, 1 << 24, True, True),
     "max_length": (2, 8192, True, True),
+    "max_columns": (1, 100_000, True, True),
 }
 
 
@@ -96,6 +97,8 @@ def _decode_all(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         elif key in contract.STRING_HYPERPARAMETERS:
             if value is None:
                 continue
+            if key == "columns" and isinstance(value, dict):
+                value = json.dumps(value)
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise TrainingError(f"hyperparameter {key} must be a string, got {value!r}")
             values[key] = str(value)
@@ -108,14 +111,14 @@ def _decode_all(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 def _resolve_recipe(values: dict[str, Any]) -> None:
     """The task's default recipe when none is given, then that recipe's defaults."""
-    task = values.get("task", contract.DEFAULT_TASK)
-    if task not in contract.RECIPES:
+    task = values.get("task", contract.DETECT_TASK)
+    if task != contract.DETECT_TASK and task not in contract.RECIPES:
         raise TrainingError(
             f"task {task!r} is not supported by this training job; "
             f"supported: {', '.join(contract.TASKS)}"
         )
-    known = contract.RECIPES[task]
-    recipe = values.get("recipe") or contract.default_recipe(task)
+    known = contract.RECIPES[task or contract.DEFAULT_TASK]
+    recipe = values.get("recipe") or contract.default_recipe(task or contract.DEFAULT_TASK)
     if recipe not in known:
         raise TrainingError(
             f"recipe {recipe!r} is not known for task {task}; known: {', '.join(known)}"

@@ -65,3 +65,18 @@ class Probabilities(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.model(x), dim=1)
+
+
+class Prediction(nn.Module):
+    """What a regressor exports: raw features -> the target in its own units.
+
+    The network fits the standardised target; undoing that lives in the graph too."""
+
+    def __init__(self, model: nn.Module, mean: float, std: float) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).reshape(-1) * self.std + self.mean

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from maas_training import log
+from maas_training import metrics as figures
 from maas_training.config import Paths
 from maas_training.export import ExportInfo, export_model, metadata_for, verify
-from maas_training.model import Probabilities
+from maas_training.model import Prediction, Probabilities
 from maas_training.modeldir import ModelDir, Plot, Sample, write_model_dir
 from maas_training.recipes import Encoded, Pretrained, PretrainedRecipe, TrainedRecipe, Variant
 from maas_training.shared import contract
@@ -64,9 +65,10 @@ class Candidate:
 @dataclass(frozen=True)
 class Scores:
     loss: float
-    accuracy: float
-    predicted: np.ndarray
-    probabilities: np.ndarray
+    accuracy: float  # a regression's R^2
+    predicted: np.ndarray  # class index, or the predicted value in the target's units
+    probabilities: np.ndarray  # what the exported graph outputs (a regression's: predicted)
+    figures: dict[str, float]  # test_* metrics (accuracy, balanced accuracy, ... or R^2, ...)
 
 
 def run(paths: Paths, hp: Any, recipe: TrainedRecipe | PretrainedRecipe) -> dict[str, Any]:
@@ -141,9 +143,10 @@ def choose(
         vhp = replace(hp, **v.overrides)
         model, r = fit(s, recipe, data, vhp, data.split.train, v.phase, hp.epochs)
         if len(variants) > 1:
+            what = "val_r2" if data.regression else "val_accuracy"
             log.info(
                 f"candidate {v.label}: val_loss {r.best_val_loss:.4f} "
-                f"val_accuracy {r.best_val_accuracy:.4f} at epoch {r.best_epoch}"
+                f"{what} {r.best_val_accuracy:.4f} at epoch {r.best_epoch}"
             )
         fits.append(Candidate(v, model, r))
     # Ties go to the earlier (simpler) candidate.
@@ -167,17 +170,28 @@ def refit(
     return model, epochs
 
 
+def exported(model: nn.Module, data: Encoded) -> nn.Module:
+    """What the graph computes: probabilities, or the prediction in the target's units."""
+    if data.target_scale is None:
+        return Probabilities(model)
+    return Prediction(model, *data.target_scale)
+
+
 @torch.no_grad()
-def score(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int) -> Scores:
-    """fp32 test loss and accuracy (what the exported graph will do), predictions, probabilities."""
+def score(model: nn.Module, data: Encoded, rows: np.ndarray, batch: int) -> Scores:
+    """fp32 test loss and figures (what the exported graph will do), predictions, outputs."""
+    x, y = data.x[rows], data.y[rows]
     loss, accuracy = evaluate(model, torch.from_numpy(x), torch.from_numpy(y), batch)
-    probs = np.concatenate(
-        [
-            torch.softmax(model(torch.from_numpy(x[i : i + batch])).float(), dim=1).numpy()
-            for i in range(0, len(x), batch)
-        ]
+    graph = exported(model, data).eval()
+    out = np.concatenate(
+        [graph(torch.from_numpy(x[i : i + batch])).float().numpy() for i in range(0, len(x), batch)]
     )
-    return Scores(loss, accuracy, probs.argmax(axis=1), probs)
+    if data.regression:
+        found = figures.regression(data.targets(rows), out)
+        return Scores(loss, found["r2"], out, out, {f"test_{k}": v for k, v in found.items()})
+    found = figures.classification(y, out)
+    named = {f"test_{k}": v for k, v in found.items()}
+    return Scores(loss, accuracy, out.argmax(axis=1), out, named)
 
 
 def trim(ids: np.ndarray, pad_id: int | None) -> np.ndarray:
@@ -192,7 +206,16 @@ def trim(ids: np.ndarray, pad_id: int | None) -> np.ndarray:
 def sample_of(data: Encoded, rows: np.ndarray, trimmed: bool = False) -> Sample:
     x = trim(data.x[rows], data.pad_id) if trimmed else data.x[rows]
     texts = None if data.texts is None else [str(t) for t in data.texts[rows]]
-    return Sample({data.input_name: x}, texts, data.y[rows])
+    return Sample({data.input_name: x}, texts, data.targets(rows))
+
+
+def output_of(data: Encoded) -> str:
+    return contract.PREDICTION_OUTPUT if data.regression else contract.PROBABILITIES_OUTPUT
+
+
+def export_limit(recipe: TrainedRecipe, data: Encoded) -> float:
+    """onnxruntime vs torch: a regression's in the target's units, so scaled by its spread."""
+    return recipe.max_abs_diff * (max(1.0, data.target_scale[1]) if data.target_scale else 1.0)
 
 
 def export_trained(
@@ -201,22 +224,29 @@ def export_trained(
     """Export, check on validation rows, then score the graph on the test set against torch."""
     path = s.paths.model_dir / contract.MODEL_FILE
     check = trim(data.x[data.split.validation][:CHECK_ROWS], data.pad_id)
+    labels = None if data.regression else data.class_names
+    limit = export_limit(recipe, data)
     info = export_model(
-        Probabilities(model),
+        exported(model, data),
         path,
         feeds={data.input_name: check},
-        output_name=contract.PROBABILITIES_OUTPUT,
-        class_names=data.class_names,
-        metadata={**metadata_for(hp.task, hp.recipe, data.class_names), **data.metadata},
+        output_name=output_of(data),
+        class_names=labels,
+        metadata={**metadata_for(task_of(hp, data), hp.recipe, labels), **data.metadata},
         sequence=data.pad_id is not None,
-        max_abs_diff=recipe.max_abs_diff,
+        max_abs_diff=limit,
     )
     test = data.split.test
     feeds = {data.input_name: data.x[test]}
-    _, probs = verify(
-        path, feeds, scores.probabilities, contract.PROBABILITIES_OUTPUT, recipe.max_abs_diff
-    )
-    return info, float((probs.argmax(axis=1) == data.y[test]).mean())
+    _, out = verify(path, feeds, scores.probabilities, output_of(data), limit)
+    if data.regression:
+        return info, figures.regression(data.targets(test), out)["r2"]
+    return info, float((out.argmax(axis=1) == data.y[test]).mean())
+
+
+def task_of(hp: Any, data: Encoded) -> str:
+    """The job's task, or the one its data decided (a table's label)."""
+    return data.task or hp.task
 
 
 def train_metrics(
@@ -224,9 +254,10 @@ def train_metrics(
 ) -> dict[str, Any]:
     r, split = best.result, data.split
     return {
-        "task": hp.task,
+        "task": task_of(hp, data),
         "recipe": hp.recipe,
-        "test_accuracy": scores.accuracy,
+        **({} if data.regression else {"test_accuracy": scores.accuracy}),
+        **scores.figures,
         "test_loss": scores.loss,
         **{f"{k}_chosen": v for k, v in best.variant.overrides.items()},
         "candidates": [
@@ -238,7 +269,7 @@ def train_metrics(
             for c in fits
         ],
         "val_loss": r.best_val_loss,
-        "val_accuracy": r.best_val_accuracy,
+        ("val_r2" if data.regression else "val_accuracy"): r.best_val_accuracy,
         "best_epoch": r.best_epoch,
         "epochs_run": r.epochs_run,
         "stopped_early": r.stopped_early,
@@ -246,7 +277,7 @@ def train_metrics(
         "n_train": len(split.train),
         "n_validation": len(split.validation),
         "n_test": len(split.test),
-        "n_classes": len(data.class_names),
+        **({} if data.regression else {"n_classes": len(data.class_names)}),
         "stratified_split": split.stratified,
         "device": str(s.device),
         "bf16": s.use_bf16,
@@ -305,12 +336,13 @@ def finish_trained(
     """Evaluate, export, score the export and write the model dir (rank 0)."""
     fits, best = chosen
     test = data.split.test
-    scores = score(model, data.x[test], data.y[test], recipe.eval_batch)
-    log.metric_line(test_accuracy=scores.accuracy, test_loss=scores.loss)
+    scores = score(model, data, test, recipe.eval_batch)
+    log.metric_line(**scores.figures, test_loss=scores.loss)
     info, onnx_accuracy = export_trained(s, recipe, data, hp, model, scores)
+    what = "r2" if data.regression else "accuracy"
     metrics = {
         **train_metrics(hp, data, s, fits, best, scores),
-        "onnx_test_accuracy": onnx_accuracy,
+        f"onnx_test_{what}": onnx_accuracy,
         "refit_epochs": refit_epochs,
         **export_metrics(info),
         "total_seconds": round(time.perf_counter() - t_start, 3),
@@ -322,22 +354,28 @@ def finish_trained(
         rows = np.sort(rng.permutation(data.split.train)[:CALIBRATION_ROWS])
         calibration = sample_of(data, rows, trimmed=True)
     label = f" ({best.variant.label})" if best.variant.label else ""
-    title = f"{hp.task} / {hp.recipe}{label}: test accuracy {scores.accuracy:.3f}"
-    n_classes = len(data.class_names)
-    schema = {"task": hp.task, **data.schema, "labels": data.class_names}
+    task = task_of(hp, data)
+    title = f"{task} / {hp.recipe}{label}: test {what} {scores.accuracy:.3f}"
+    outputs = (
+        contract.regressor_outputs()
+        if data.regression
+        else contract.classifier_outputs(len(data.class_names))
+    )
+    schema = {"task": task, **data.schema, "labels": data.class_names}
     out = ModelDir(
-        schema={**schema, "outputs": contract.classifier_outputs(n_classes)},
+        schema={**schema, "outputs": outputs},
         labels=data.class_names,
         metrics=metrics,
         sample=sample_of(data, test),
         calibration=calibration,
         text_spec=data.text_spec,
         tokenizer_json=data.tokenizer_json,
-        plot=Plot(best.result.history, data.y[test], scores.predicted, title),
+        plot=Plot(best.result.history, data.targets(test), scores.predicted, title),
+        table_spec=data.table_spec,
     )
     write_model_dir(s.paths, out)
     log.info(
-        f"done: test_accuracy {scores.accuracy:.4f} (onnx {onnx_accuracy:.4f}), best epoch "
+        f"done: test_{what} {scores.accuracy:.4f} (onnx {onnx_accuracy:.4f}), best epoch "
         f"{best.result.best_epoch}/{best.result.epochs_run}, {metrics['total_seconds']:.1f}s; "
         f"wrote {s.paths.model_dir}"
     )

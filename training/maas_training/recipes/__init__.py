@@ -49,7 +49,7 @@ class Encoded:
     """A trained recipe's rows, encoded for its model, and what the model dir records of them."""
 
     x: np.ndarray  # model input rows: float32 feature values or int64 token ids
-    y: np.ndarray  # int64 class index per row
+    y: np.ndarray  # int64 class index per row; a regression's float32 standardised target
     split: Split
     class_names: list[str]
     input_name: str  # the graph input (sample.npz: INPUT_PREFIX + input_name)
@@ -66,6 +66,20 @@ class Encoded:
     threads_width: int | None = None  # CPU: torch threads from batch x width (None: torch's)
     metrics: dict[str, Any] = field(default_factory=dict)  # recipe-specific metrics.json entries
     builder_args: dict[str, Any] = field(default_factory=dict)  # for this recipe's build only
+    task: str = ""  # the task the data decided (a table's label), when the job named none
+    target_scale: tuple[float, float] | None = None  # regression: the target's (mean, std)
+    table_spec: dict[str, Any] | None = None  # table.json (maas/serving/tableprep.py)
+
+    @property
+    def regression(self) -> bool:
+        return self.target_scale is not None
+
+    def targets(self, rows: np.ndarray) -> np.ndarray:
+        """The rows' targets as the model dir records them: class index, or the value."""
+        if self.target_scale is None:
+            return self.y[rows]
+        mean, std = self.target_scale
+        return self.y[rows].astype("float64") * std + mean
 
 
 def single(hp: Hyperparameters) -> list[Variant]:
@@ -131,6 +145,12 @@ def load_all() -> dict[tuple[str, str], Recipe]:
     for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         importlib.import_module(f"{__name__}.{module.name}")
     return REGISTRY
+
+
+def task_key(task: str) -> str:
+    """The registry's task for a job's: a table whose task the label decides is looked up
+    under the default (the tabular recipes register the same functions for both)."""
+    return task or contract.DEFAULT_TASK
 
 
 def get(task: str, name: str) -> Recipe:
