@@ -318,6 +318,20 @@ def export_model(
     return ExportInfo(exporter, opset, ir, diff, got, reference)
 
 
+def export_plain(module: nn.Module, feeds: dict[str, np.ndarray], output: str, path: Path) -> None:
+    """The bare graph of a module (TorchScript exporter, no label head, no checks): for
+    measuring a candidate's size and latency, not for serving."""
+    import onnx
+
+    module = module.to("cpu").float().eval()
+    example = tuple(
+        torch.from_numpy(np.ascontiguousarray(v[np.arange(2) % len(v)])) for v in feeds.values()
+    )
+    with tempfile.TemporaryDirectory(prefix="maas-export-") as tmp:
+        proto = _raw_export("torchscript", module, example, list(feeds), output, False, Path(tmp))
+    onnx.save(proto, str(path))
+
+
 def metadata_for(task: str, recipe: str, labels: list[str] | None) -> dict[str, str]:
     meta = {"maas.task": task, "maas.recipe": recipe}
     if labels is not None:

@@ -146,12 +146,15 @@ def export(fitted: FittedTrees, data: Any, path: Path, metadata: dict[str, str])
 def _probabilities_only(proto: Any) -> None:
     """The converter's int64 label goes (the label head names classes); its probabilities
     output keeps the contract's name."""
+    from maas_training.export import _rename_value
+
     graph = proto.graph
     keep = [o for o in graph.output if o.name == contract.PROBABILITIES_OUTPUT]
     if len(keep) != 1:
         raise TrainingError(f"unexpected LightGBM graph outputs {[o.name for o in graph.output]}")
     del graph.output[:]
     graph.output.extend(keep)
+    _rename_value(graph, contract.LABEL_OUTPUT, "maas_trees_class_index")
     _batch_dims(keep[0])
 
 

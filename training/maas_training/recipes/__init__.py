@@ -87,6 +87,20 @@ def single(hp: Hyperparameters) -> list[Variant]:
 
 
 @dataclass(frozen=True)
+class Family:
+    """A model family fitted outside the torch loop (gradient-boosted trees), compared with the
+    recipe's torch variants on the same rows by the same validation loss."""
+
+    name: str
+    # (data, hp, rows, validation rows or None, rounds) -> (fitted, validation loss): early-
+    # stopped on the validation rows, or exactly `rounds` rounds without them (a refit).
+    fit: Callable[[Encoded, Hyperparameters, np.ndarray, np.ndarray | None, int | None], Any]
+    rounds: Callable[[Any], int]  # the rounds a fit chose
+    outputs: Callable[[Any, Encoded, np.ndarray], np.ndarray]  # the exported graph's output
+    export: Callable[[Any, Encoded, Path, dict[str, str]], None]  # writes model.onnx
+
+
+@dataclass(frozen=True)
 class TrainedRecipe:
     task: str
     name: str
@@ -98,6 +112,7 @@ class TrainedRecipe:
     eval_batch: int = 8192
     max_abs_diff: float = 1e-3  # onnxruntime vs torch, probabilities
     calibration: bool = True  # write calibration.npz (static quantization)
+    families: tuple[Family, ...] = ()  # compared beside the torch variants (see Family)
     trains = True
 
 

@@ -1,8 +1,10 @@
 """Tables: typed columns (maas_training.tables) encoded by maas/serving/tableprep.py into an MLP
 that standardises inside its graph; classification or regression, as the label says.
 
-"auto" fits depths 0 (a linear model), 1 and hidden_layers, keeps the lowest validation loss and
-refits it on train + validation; "mlp" fits exactly hidden_layers, early-stopped.
+"auto" compares, on the same rows (k folds on small tables, maas_training.selection), a linear
+model (depth 0), the MLP at depths 1 and hidden_layers and gradient-boosted trees
+(maas_training.trees), keeps the lowest validation loss and refits it on train + validation;
+"mlp" fits exactly hidden_layers, early-stopped; "trees" the trees alone.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from maas_training import log
-from maas_training.recipes import Encoded, TrainedRecipe, Variant, register
+from maas_training.recipes import Encoded, Family, TrainedRecipe, Variant, register
 from maas_training.shared import contract, tableprep, textprep
 
 tp = tableprep()
@@ -166,17 +168,60 @@ def build(data: Encoded, hp, x_fit: np.ndarray) -> Any:
     return model
 
 
+LINEAR_LEARNING_RATE = 1e-2
+
+
 def depths(hp) -> list[Variant]:
-    """Small tables make one architecture's validation curve noisy: compare depths."""
-    return [Variant(f"h{d}", {"hidden_layers": d}) for d in sorted({0, 1, hp.hidden_layers})]
+    """Small tables make one architecture's validation curve noisy: compare depths. Depth 0 is
+    a linear model (logistic regression, or least squares): convex, so it takes a larger step
+    and converges within the epochs an MLP gets."""
+    linear = {"hidden_layers": 0, "learning_rate": max(hp.learning_rate, LINEAR_LEARNING_RATE)}
+    deeper = [Variant(f"h{d}", {"hidden_layers": d}) for d in sorted({1, hp.hidden_layers} - {0})]
+    return [Variant("h0", linear), *deeper]
 
 
 def exactly(hp) -> list[Variant]:
     return [Variant(f"h{hp.hidden_layers}", {"hidden_layers": hp.hidden_layers})]
 
 
+def no_mlp(hp) -> list[Variant]:
+    return []
+
+
+def _trees_fit(data, hp, rows, val, rounds):
+    from maas_training import trees
+
+    return trees.fit(data, hp, rows, val, rounds)
+
+
+def _trees_outputs(fitted, data, x):
+    from maas_training import trees
+
+    return trees.outputs(fitted, data, x)
+
+
+def _trees_export(fitted, data, path, metadata) -> None:
+    from maas_training import trees
+
+    trees.export(fitted, data, path, metadata)
+
+
+TREES = Family("trees", _trees_fit, lambda f: f.rounds, _trees_outputs, _trees_export)
+
 for _task in contract.TABULAR_TASKS:
     register(
-        TrainedRecipe(_task, "auto", load, build, variants=depths, refit=True, max_abs_diff=1e-4)
+        TrainedRecipe(
+            _task,
+            "auto",
+            load,
+            build,
+            variants=depths,
+            refit=True,
+            max_abs_diff=1e-4,
+            families=(TREES,),
+        )
     )
     register(TrainedRecipe(_task, "mlp", load, build, variants=exactly, max_abs_diff=1e-4))
+    register(
+        TrainedRecipe(_task, "trees", load, build, variants=no_mlp, refit=True, families=(TREES,))
+    )

@@ -149,9 +149,10 @@ def regressor_outputs() -> list[TensorSpec]:
 
 # task -> its recipes, the default first.
 #   classification,      tables (maas/serving/tableprep.py types and encodes the columns).
-#   regression           "auto": pick the MLP depth (0 = a linear model, 1 or hidden_layers)
-#                        by validation loss (k-fold on small tables), then refit the winner on
-#                        train + validation; "mlp": exactly hidden_layers, early-stopped. With
+#   regression           "auto": a linear model (MLP depth 0), the MLP at 1 and hidden_layers
+#                        and gradient-boosted trees, compared by validation loss (k-fold on
+#                        small tables), then the winner refitted on train + validation; "mlp":
+#                        exactly hidden_layers, early-stopped; "trees": the trees alone. With
 #                        no "task" in job.json the label decides which of the two it is.
 #   text-classification  "ngram": hashed word + character n-grams into an embedding bag
 #                        (fastText-style); "finetune": a pretrained encoder (channel "base")
@@ -160,8 +161,8 @@ def regressor_outputs() -> list[TensorSpec]:
 #   embedding            "import": a Hugging Face / sentence-transformers folder exported with
 #                        its pooling and normalisation.
 RECIPES: dict[str, tuple[str, ...]] = {
-    "classification": ("auto", "mlp"),
-    "regression": ("auto", "mlp"),
+    "classification": ("auto", "mlp", "trees"),
+    "regression": ("auto", "mlp", "trees"),
     "text-classification": ("ngram", "finetune", "import"),
     "embedding": ("import",),
 }
