@@ -189,8 +189,52 @@ def _cell(value: Any, datatype: str) -> Any:
         return None
     if datatype == "BYTES":
         return str(value)
-    if datatype == "BOOL":
-        return bool(value)
+    if datatype == "BOOL":  # the file's yes/no, true/false, 1/0 as JSON true/false
+        return str(value).strip().lower() in ("true", "yes", "y", "t", "1")
     if datatype.startswith("INT"):
         return int(value)
     return float(value)
+
+
+def mixed(n: int, seed: int = 0) -> pd.DataFrame:
+    """A mixed table of any size: numbers with gaps, string categories, a yes/no column, a date,
+    an ID column and free of nothing; the label ("churned") depends on most of them."""
+    rng = np.random.default_rng(seed)
+    plans = np.array(["basic", "plus", "pro", "family"])
+    regions = np.array(["north", "south", "east", "west", "islands"])
+    channels = np.array(["web", "store", "phone"])
+    plan = rng.choice(plans, n, p=[0.4, 0.3, 0.2, 0.1])
+    region = rng.choice(regions, n)
+    tenure = rng.gamma(2.0, 12.0, n).round(1)
+    monthly = (20 + 15 * (plan == "pro") + 8 * (plan == "plus") + rng.normal(0, 5, n)).round(2)
+    calls = rng.poisson(1.5, n)
+    autopay = rng.random(n) < 0.55
+    signup = pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 1500, n), unit="D")
+    score = (
+        -0.04 * tenure
+        + 0.05 * monthly
+        + 0.45 * calls
+        - 0.9 * autopay
+        + 0.6 * (region == "islands")
+        - 0.5 * (plan == "family")
+        + rng.normal(0, 1, n)
+        - 1.0
+    )
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"c{1_000_000 + i}" for i in range(n)],
+            "plan": plan,
+            "region": region,
+            "channel": rng.choice(channels, n),
+            "tenure_months": tenure,
+            "monthly_fee": monthly,
+            "support_calls": calls,
+            "autopay": np.where(autopay, "yes", "no"),
+            "signup_date": signup.strftime("%Y-%m-%d"),
+            "discount": rng.choice([0.0, 5.0, 10.0], n),
+            "churned": np.where(score > 0, "yes", "no"),
+        }
+    )
+    for column in ("tenure_months", "monthly_fee", "region"):
+        frame[column] = frame[column].astype(object).where(rng.random(n) >= 0.05, None)
+    return frame

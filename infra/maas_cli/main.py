@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,33 @@ def cmd_upload(args: argparse.Namespace) -> int:
     name = upload(stack, Path(args.file), args.model, label=args.label, run=args.run, job=job)
     print(f"uploaded {args.file} -> model {args.model!r}; training job {name}")
     print(f"follow it with: maas wait {args.model}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from maas_cli.predictions import download, submit, wait_summary
+
+    stack = connect()
+    started = time.time()
+    key = submit(stack, Path(args.file), args.model, args.version)
+    print(f"uploaded {args.file} to score with {args.model!r}; waiting for {key}")
+    try:
+        summary = wait_summary(stack, key, args.timeout, started)
+    except TimeoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if summary.get("error"):
+        print(f"error: {summary['error']}", file=sys.stderr)
+        return 1
+    print(
+        f"scored {summary['scored']} of {summary['rows']} rows with v{summary['version']} "
+        f"in {summary['chunks']} chunk(s), {summary['seconds']:.1f} s; "
+        f"{summary['errors']} row(s) in {summary['errors_file']}"
+    )
+    print(f"output: {summary['output']}")
+    if args.out:
+        download(stack, summary["output"], Path(args.out))
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -266,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--run", help="upload as a run folder datasets/<model>/<run>/ with a job.json")
     u.add_argument("--job", help="a job.json file with the run's settings (implies a run folder)")
     u.set_defaults(func=cmd_upload)
+
+    bp = sub.add_parser("predict", help="score a CSV/JSONL file with a model (batch predictions)")
+    bp.add_argument("file")
+    bp.add_argument("--model", required=True)
+    bp.add_argument("--version", type=int, help="a version by number (default: prod)")
+    bp.add_argument("--out", help="download the scored file here")
+    bp.add_argument("--timeout", type=float, default=900)
+    bp.set_defaults(func=cmd_predict)
 
     sub.add_parser("models", help="list models").set_defaults(func=cmd_models)
     v = sub.add_parser("versions", help="list a model's versions")

@@ -218,10 +218,14 @@ class LocalStack:
             timeout_s=30,
             exclusive=threading.Lock(),
         )
+        # Batch predictions: chunk messages fan out over these containers, as over Lambda's.
+        predict = FunctionPool(self.cfg.functions_dir, "predict", size=2, timeout_s=300)
         self.runner = TrainingRunner(self, optimize, self.console)
         self._recover()
         self._spawn("state-saver", self._save_changes)
         self._spawn("ingest-poller", self._poll_ingest, ingest)
+        for i in range(2):
+            self._spawn(f"predict-poller-{i}", self._poll_predict, predict)
         for i in range(self.cfg.training_workers):
             self._spawn(f"training-runner-{i}", self.runner.serve, self._stop)
         iam = IamPolicy(
@@ -316,6 +320,7 @@ class LocalStack:
             "RegistryTableName": self.names.get("RegistryTable", ""),
             "IngestQueueUrl": self.urls.get("IngestQueue", ""),
             "IngestDLQUrl": self.urls.get("IngestDLQ", ""),
+            "PredictQueueUrl": self.urls.get("PredictQueue", ""),
             "LocalTrainingQueueUrl": self.urls[LOCAL_TRAINING_QUEUE_ID],
         }
         # Publish the outputs where the CLI looks for a deployed stack's: CloudFormation.
@@ -348,6 +353,7 @@ class LocalStack:
             "TRAINING_BACKEND": "local",
             "LOCAL_TRAINING_QUEUE_URL": self.outputs["LocalTrainingQueueUrl"],
             "INGEST_DLQ_URL": self.outputs["IngestDLQUrl"],
+            "PREDICT_QUEUE_URL": self.outputs["PredictQueueUrl"],
             "TRAINING_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/{self.cfg.stack_name}-training",
             "TRAINING_IMAGE": "local",
             "TRAINING_CODE_S3": f"file://{self.cfg.training_entry.parent}",
@@ -469,6 +475,31 @@ class LocalStack:
                     )
                     continue
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+    def _poll_predict(self, predict: FunctionPool) -> None:
+        """PredictQueue -> PredictFunction, one message per invocation (its BatchSize)."""
+        sqs = self.client("sqs")
+        url, arn = self.urls["PredictQueue"], self.arns["PredictQueue"]
+        while not self._stop.is_set():
+            try:
+                resp = sqs.receive_message(
+                    QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=1, AttributeNames=["All"]
+                )
+            except Exception:  # the server is stopping
+                if self._stop.is_set():
+                    return
+                log.exception("predict poll failed")
+                time.sleep(1)
+                continue
+            for m in resp.get("Messages", []):
+                event = {"Records": [sqs_record_of(m, arn, self.cfg.region)]}
+                try:
+                    failed = bool((predict.invoke(event) or {}).get("batchItemFailures"))
+                except Exception:
+                    log.exception("predict function failed; the message will be retried")
+                    failed = True
+                if not failed:
+                    sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
 
 
 def _uploads(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
