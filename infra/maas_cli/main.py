@@ -184,7 +184,25 @@ def cmd_versions(args: argparse.Namespace) -> int:
         return 1
     for v in doc["versions"]:
         print(_version_line(v, canary_weight=doc["canary_weight"]))
+        for line in _candidate_lines(v.get("metrics") or {}):
+            print(line)
     return 0
+
+
+def _candidate_lines(metrics: dict[str, Any]) -> list[str]:
+    """The model candidates the training job compared (tables), one line each."""
+    lines = []
+    if metrics.get("candidates"):
+        lines.append(f"      candidates ({metrics.get('selection') or 'validation split'}):")
+    for c in metrics.get("candidates") or []:
+        score = next((f"{k}={c[k]:.4f}" for k in ("val_accuracy", "val_r2") if k in c), "")
+        parts = [f"        {c.get('candidate', '?'):<34}", f"val_loss={c['val_loss']:.4f}", score]
+        if c.get("size_bytes") is not None:
+            parts.append(f"size={c['size_bytes'] / 1024:.1f}KiB")
+        if c.get("latency_ms_batch1") is not None:
+            parts.append(f"batch1={c['latency_ms_batch1']:.3f}ms")
+        lines.append("  ".join(p for p in parts if p))
+    return lines
 
 
 def cmd_promote(args: argparse.Namespace) -> int:

@@ -107,6 +107,20 @@ def _publish(aws: Any, model: str, model_dir: Path, context: Any) -> dict[str, A
     return manifest
 
 
+def _assert_candidates_are_shown(aws: Any, model: str, manifest: dict[str, Any]) -> None:
+    """Every candidate's validation figure, size and latency: manifest, registry, maas versions."""
+    from maas.admin.service import version_info
+    from maas_cli.main import _candidate_lines
+
+    candidates = manifest["training_metrics"]["candidates"]
+    names = [c["candidate"] for c in candidates]
+    assert "trees" in names and any(n.startswith("hidden_layers=0") for n in names)
+    assert all(c["size_bytes"] > 0 and c["latency_ms_batch1"] > 0 for c in candidates)
+    info = version_info(aws.registry().get_version(model, 1), None)
+    lines = _candidate_lines(info.metrics)
+    assert len(lines) == 1 + len(candidates) and "trees" in lines[-1] and "KiB" in lines[-1]
+
+
 def _call(app: Any, context: Any, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     response = app.lambda_handler(http_event(method, path, body), context)
     return response["statusCode"], json.loads(response["body"])
@@ -131,6 +145,7 @@ def test_real_table_is_served_from_raw_rows_within_two_points_of_the_baselines(
     base, back = trained[name]
     manifest = _publish(aws, name, base / "model", lambda_context)
     assert manifest["task"] == table.task
+    _assert_candidates_are_shown(aws, name, manifest)
     app = load_handler("inference")
     # WHEN a client builds its request from the model's metadata alone
     status, meta = _call(app, lambda_context, "GET", f"/v2/models/{name}")

@@ -362,6 +362,9 @@ def _summary(
         "manifest": prefix_uri + MANIFEST_FILE,
         "training_job": job,
     }
+    if trained.metrics.get("candidates"):  # the training job's model candidates (tables)
+        summary["candidates"] = trained.metrics["candidates"]
+        summary["selection"] = trained.metrics.get("selection")
     if trained.plot:
         summary["plot"] = prefix_uri + PLOT_FILE
     return summary
