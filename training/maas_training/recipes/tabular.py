@@ -168,16 +168,11 @@ def build(data: Encoded, hp, x_fit: np.ndarray) -> Any:
     return model
 
 
-LINEAR_LEARNING_RATE = 1e-2
-
-
 def depths(hp) -> list[Variant]:
-    """Small tables make one architecture's validation curve noisy: compare depths. Depth 0 is
-    a linear model (logistic regression, or least squares): convex, so it takes a larger step
-    and converges within the epochs an MLP gets."""
-    linear = {"hidden_layers": 0, "learning_rate": max(hp.learning_rate, LINEAR_LEARNING_RATE)}
-    deeper = [Variant(f"h{d}", {"hidden_layers": d}) for d in sorted({1, hp.hidden_layers} - {0})]
-    return [Variant("h0", linear), *deeper]
+    """Small tables make one architecture's validation curve noisy: compare depths (0: a linear
+    model). A larger step for depth 0 was measured and dropped: on breast cancer it converged
+    to a less regularised fit (served accuracy 0.965 against 0.979 at the job's own step)."""
+    return [Variant(f"h{d}", {"hidden_layers": d}) for d in sorted({0, 1, hp.hidden_layers})]
 
 
 def exactly(hp) -> list[Variant]:
