@@ -685,3 +685,20 @@ def test_a_new_recipe_is_its_data_and_its_model_and_nothing_else(
     schema = json.loads((model_dir / contract.SCHEMA_FILE).read_text())
     assert [o["name"] for o in schema["outputs"]] == ["probabilities", "label"]
     assert json.loads((tmp_path / "output" / "data" / contract.METRICS_FILE).read_text()) == metrics
+
+
+def test_balance_classes_weighs_each_class_by_the_inverse_of_its_share(tmp_path: Path) -> None:
+    # GIVEN a table with one class four times the other
+    frame = pd.DataFrame({"a": np.arange(50.0), "y": ["many"] * 40 + ["few"] * 10})
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    # WHEN it is loaded without and with balance_classes
+    plain = _load_table(tmp_path, label="y")
+    data = _load_table(tmp_path, label="y", balance_classes=1)
+    # THEN only the second weighs the classes, n / (k * count) on the training split
+    assert plain.class_weights is None
+    assert data.class_weights is not None and data.metrics["balance_classes"] is True
+    counts = np.bincount(data.y[data.split.train], minlength=2)
+    expected = len(data.split.train) / (2 * counts)
+    assert np.allclose(data.class_weights, expected)
+    few = data.class_names.index("few")
+    assert data.class_weights[few] > 1.0 > data.class_weights[1 - few]

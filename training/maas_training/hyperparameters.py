@@ -33,6 +33,7 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "buckets": (2, 1 << 24, True, True),
     "max_length": (2, 8192, True, True),
     "max_columns": (1, 100_000, True, True),
+    "balance_classes": (0, 1, True, True),
 }
 
 

@@ -149,6 +149,7 @@ def fit(
         ),
         keep_last=refit,
         eval_batch=recipe.eval_batch,
+        class_weights=data.class_weights,
     )
     return model, outcome
 
@@ -243,7 +244,8 @@ def score(
         loss = _loss_of(data, z, y)
         accuracy = selection.score_of(data, z, rows)
     else:
-        loss, accuracy = evaluate(model, torch.from_numpy(x), torch.from_numpy(y), batch)
+        weight = None if data.class_weights is None else torch.from_numpy(data.class_weights)
+        loss, accuracy = evaluate(model, torch.from_numpy(x), torch.from_numpy(y), batch, weight)
         graph = exported(model, data).eval()
         parts = [
             graph(torch.from_numpy(x[i : i + batch])).float().numpy()
@@ -262,7 +264,11 @@ def _loss_of(data: Encoded, out: np.ndarray, y: np.ndarray) -> float:
     """The training loss from outputs: squared error (standardised), or cross-entropy."""
     if data.regression:
         return float(np.mean((out.reshape(-1) - y) ** 2))
-    return float(-np.mean(np.log(np.clip(out[np.arange(len(y)), y], 1e-15, 1.0))))
+    nll = -np.log(np.clip(out[np.arange(len(y)), y], 1e-15, 1.0))
+    if data.class_weights is None:
+        return float(np.mean(nll))
+    w = data.class_weights[y]
+    return float(np.sum(w * nll) / np.sum(w))
 
 
 def trim(ids: np.ndarray, pad_id: int | None) -> np.ndarray:

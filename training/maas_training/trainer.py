@@ -133,10 +133,13 @@ def regression(y: torch.Tensor | np.ndarray) -> bool:
     return bool(y.dtype in (torch.float32, torch.float64, np.float32, np.float64))
 
 
-def loss_of(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def loss_of(
+    out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Squared error, or cross-entropy (weighted per class when `weight` is given)."""
     if regression(y):
         return F.mse_loss(out.reshape(-1), y.float(), reduction=reduction)
-    return F.cross_entropy(out, y, reduction=reduction)
+    return F.cross_entropy(out, y, weight=weight, reduction=reduction)
 
 
 def score_name(y: torch.Tensor | np.ndarray) -> str:
@@ -145,19 +148,28 @@ def score_name(y: torch.Tensor | np.ndarray) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 8192):
-    """fp32 loss and accuracy, or R^2 for a regression (what the exported graph will do)."""
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch: int = 8192,
+    weight: torch.Tensor | None = None,
+):
+    """fp32 loss (class-weighted when `weight` is given) and accuracy, or R^2 for a regression
+    (what the exported graph will do)."""
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch):
         out = model(x[start : start + batch]).float()
         yb = y[start : start + batch]
-        total_loss += float(loss_of(out, yb, reduction="sum"))
+        total_loss += float(loss_of(out, yb, reduction="sum", weight=weight))
         if not regression(yb):
             correct += int((out.argmax(dim=1) == yb).sum())
     model.train(was_training)
     n = max(1, len(x))
+    if weight is not None and not regression(y):
+        total_loss *= n / max(float(weight[y].sum()), 1e-12)  # cross-entropy's weighted mean
     if regression(y):
         variance = float(torch.var(y.double(), correction=0)) if len(y) else 0.0
         return total_loss / n, 1.0 - (total_loss / n) / variance if variance > 0 else 0.0
@@ -266,7 +278,9 @@ def _parallel(model: nn.Module, ctx: DistContext, device: torch.device, n: int, 
     return ddp, sampler
 
 
-def _train_epoch(ddp_model, optimizer, xt, yt, order, batch_size: int, autocast, ctx, device):
+def _train_epoch(
+    ddp_model, optimizer, xt, yt, order, batch_size: int, autocast, ctx, device, weight=None
+):
     """One pass over order; the mean train loss over every rank's rows."""
     ddp_model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float32)
@@ -275,7 +289,7 @@ def _train_epoch(ddp_model, optimizer, xt, yt, order, batch_size: int, autocast,
         xb, yb = xt[idx], yt[idx]
         with autocast():
             logits = ddp_model(xb)
-        loss = loss_of(logits.float(), yb)
+        loss = loss_of(logits.float(), yb, weight=weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -340,16 +354,21 @@ def train(
     checkpointer: Checkpointer | None,
     keep_last: bool = False,
     eval_batch: int = 8192,
+    class_weights: np.ndarray | None = None,
 ) -> TrainResult:
     """Train with early stopping on validation loss; restores the best epoch's weights.
 
     keep_last: keep the final weights instead (a refit, whose "validation" is in-sample).
+    class_weights: per class, in the training and the validation loss alike (imbalance).
     """
     t0 = time.perf_counter()
     model.to(device)
     xt, yt = torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device)
     xv, yv = torch.from_numpy(x_val).to(device), torch.from_numpy(y_val).to(device)
     optimizer = _adamw(model, learning_rate, weight_decay)
+    weight = None
+    if class_weights is not None:
+        weight = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     p = _Progress(best_state=_state_to_cpu(model.state_dict()))
     resumed_from = _resume(checkpointer, ctx, model, optimizer, p)
     ddp_model, sampler = _parallel(model, ctx, device, len(xt), seed)
@@ -366,8 +385,10 @@ def train(
             order = torch.tensor(list(iter(sampler)), dtype=torch.long, device=device)
         else:
             order = torch.randperm(len(xt), device="cpu").to(device)
-        loss = _train_epoch(ddp_model, optimizer, xt, yt, order, batch_size, autocast, ctx, device)
-        val = evaluate(model, xv, yv, eval_batch)
+        loss = _train_epoch(
+            ddp_model, optimizer, xt, yt, order, batch_size, autocast, ctx, device, weight
+        )
+        val = evaluate(model, xv, yv, eval_batch, weight)
         _record(p, ctx, model, epoch, loss, val, patience, score_name(y_val))
         if checkpointer is not None:
             checkpointer.save(p.checkpoint(epoch, model, optimizer))

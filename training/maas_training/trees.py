@@ -70,12 +70,16 @@ def fit(
     except ImportError:
         raise TrainingError("lightgbm is not installed (see training/requirements.txt)") from None
     params = _params(data, hp, len(rows))
-    train_set = lgb.Dataset(data.x[rows], label=data.y[rows], free_raw_data=False)
+    train_set = lgb.Dataset(
+        data.x[rows], label=data.y[rows], weight=_weights(data, rows), free_raw_data=False
+    )
     n_classes = 0 if data.regression else len(data.class_names)
     if val is None:
         booster = lgb.train(params, train_set, num_boost_round=max(1, rounds or 100))
         return FittedTrees(booster, booster.current_iteration(), n_classes), float("nan")
-    val_set = lgb.Dataset(data.x[val], label=data.y[val], reference=train_set)
+    val_set = lgb.Dataset(
+        data.x[val], label=data.y[val], weight=_weights(data, val), reference=train_set
+    )
     booster = lgb.train(
         params,
         train_set,
@@ -84,7 +88,12 @@ def fit(
         callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False)],
     )
     fitted = FittedTrees(booster, max(1, booster.best_iteration), n_classes)
-    return fitted, loss(fitted, data.x[val], data.y[val])
+    return fitted, loss(fitted, data.x[val], data.y[val], data.class_weights)
+
+
+def _weights(data: Any, rows: np.ndarray) -> np.ndarray | None:
+    """Per-row weights from the class weights (the MLP's loss weighs classes the same way)."""
+    return None if data.class_weights is None else data.class_weights[data.y[rows]]
 
 
 def raw(fitted: FittedTrees, x: np.ndarray) -> np.ndarray:
@@ -95,13 +104,17 @@ def raw(fitted: FittedTrees, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def loss(fitted: FittedTrees, x: np.ndarray, y: np.ndarray) -> float:
-    """The MLP's validation loss on the same rows: cross-entropy, or squared error."""
+def loss(
+    fitted: FittedTrees, x: np.ndarray, y: np.ndarray, class_weights: np.ndarray | None = None
+) -> float:
+    """The MLP's validation loss on the same rows: cross-entropy (class-weighted like the
+    MLP's when weights are given), or squared error."""
     out = raw(fitted, x)
     if fitted.n_classes == 0:
         return float(np.mean((out - y) ** 2))
-    p = np.clip(out[np.arange(len(y)), y], 1e-15, 1.0)
-    return float(-np.mean(np.log(p)))
+    nll = -np.log(np.clip(out[np.arange(len(y)), y], 1e-15, 1.0))
+    w = np.ones(len(y)) if class_weights is None else class_weights[y]
+    return float(np.sum(w * nll) / np.sum(w))
 
 
 def outputs(fitted: FittedTrees, data: Any, x: np.ndarray) -> np.ndarray:

@@ -69,6 +69,7 @@ class Encoded:
     task: str = ""  # the task the data decided (a table's label), when the job named none
     target_scale: tuple[float, float] | None = None  # regression: the target's (mean, std)
     table_spec: dict[str, Any] | None = None  # table.json (maas/serving/tableprep.py)
+    class_weights: np.ndarray | None = None  # per class, in every loss (balance_classes=1)
 
     @property
     def regression(self) -> bool:

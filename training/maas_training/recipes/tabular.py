@@ -147,11 +147,24 @@ def load(paths, hp) -> Encoded:
             "n_columns": len(used),
             "rows_without_label": lab.dropped,
             "task_reason": lab.why,
+            "balance_classes": bool(hp.balance_classes),
         },
         task=lab.task,
         target_scale=scale,
         table_spec=spec,
+        class_weights=_class_weights(y, split.train, len(class_names), hp),
     )
+
+
+def _class_weights(y: np.ndarray, train: np.ndarray, n_classes: int, hp) -> np.ndarray | None:
+    """balance_classes=1: n / (k * count) per class on the training split (scikit-learn's
+    "balanced"), so every class weighs as much in the loss."""
+    if not hp.balance_classes or n_classes == 0:
+        return None
+    counts = np.bincount(y[train], minlength=n_classes).astype(np.float64)
+    weights = len(train) / (n_classes * np.maximum(counts, 1.0))
+    log.info("class weights: " + ", ".join(f"{w:.3g}" for w in weights))
+    return weights.astype(np.float32)
 
 
 def build(data: Encoded, hp, x_fit: np.ndarray) -> Any:

@@ -210,6 +210,9 @@ HYPERPARAMETERS: dict[str, int | float] = {
     "max_length": 128,
     # Tables: more feature columns than this is refused (a wide table is rarely what was meant).
     "max_columns": 2000,
+    # Classification: 1 weighs each class by the inverse of its share of the training rows, in
+    # every candidate's loss (an imbalanced table); 0 counts every row alike.
+    "balance_classes": 0,
 }
 # Defaults that differ by recipe, applied to the knobs a job does not set (a transformer
 # fine-tune wants a few epochs at a small learning rate, not the tabular 200 at 1e-3).

@@ -42,6 +42,7 @@ HYPERPARAMETER_BOUNDS: dict[str, dict[str, Any]] = {
     "buckets": {"ge": 2, "le": 1 << 24},
     "max_length": {"ge": 2, "le": 8192},
     "max_columns": {"ge": 1, "le": 100_000},
+    "balance_classes": {"ge": 0, "le": 1},
 }
 # Text-recipe knobs a job.json leaves unset stay unsent: the training job applies the contract's
 # defaults (and the recipe's) itself.
