@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import infer_event
-from .overhead import interleaved, measure
+from .overhead import interleaved, measure, moto_account
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = (1, 100)
@@ -85,10 +85,8 @@ def _graph_latency(sessions: dict[str, Any], feeds: dict[int, Any], pairs: int) 
 
 
 def run(work: Path, pairs: int = 2000) -> dict[str, Any]:
-    import boto3
-    import moto
     import onnxruntime as ort
-    from maas_devkit import account, lambda_runtime
+    from maas_devkit import lambda_runtime
 
     sys.path.insert(0, str(REPO))
     from tests import tables as real
@@ -99,34 +97,13 @@ def run(work: Path, pairs: int = 2000) -> dict[str, Any]:
         recipe: train(work / recipe, up, {"label": table.label, "recipe": recipe})
         for recipe in ("mlp", "trees")
     }
-    saved = dict(os.environ)
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "REGISTRY_TABLE": account.REGISTRY_TABLE,
-            "ARTIFACT_BUCKET": account.ARTIFACT_BUCKET,
-            "MODEL_CACHE_DIR": tempfile.mkdtemp(prefix="maas-tables-"),
-            "MAAS_AWS_CLIENT": "boto3",
-        }
-    )
-    for name in ("AWS_ENDPOINT_URL", "ALIAS_TTL_S", "PRELOAD_MODELS"):
-        os.environ.pop(name, None)
-    try:
-        with moto.mock_aws():
-            account.create_resources(boto3.client)
-            for recipe, model_dir in dirs.items():
-                _publish(f"weather-{recipe}", model_dir)
-            app = lambda_runtime.load_handler("inference")
-            results: dict[str, Any] = {"table": table.source, "overhead": {}}
-            for n in BATCHES:
-                results["overhead"][f"batch{n}"] = _overhead(
-                    app, "weather-mlp", back.iloc[:n], pairs
-                )
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with moto_account():
+        for recipe, model_dir in dirs.items():
+            _publish(f"weather-{recipe}", model_dir)
+        app = lambda_runtime.load_handler("inference")
+        results: dict[str, Any] = {"table": table.source, "overhead": {}}
+        for n in BATCHES:
+            results["overhead"][f"batch{n}"] = _overhead(app, "weather-mlp", back.iloc[:n], pairs)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     sessions = {r: ort.InferenceSession(str(d / "model.onnx"), options) for r, d in dirs.items()}

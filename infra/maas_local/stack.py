@@ -437,14 +437,32 @@ class LocalStack:
     # --- Lambda's SQS event source mapping -----------------------------------------------
 
     def _poll_ingest(self, ingest: FunctionPool) -> None:
+        self._poll("IngestQueue", ingest, 10, self._announce_uploads)
+
+    def _poll_predict(self, predict: FunctionPool) -> None:
+        """PredictQueue -> PredictFunction, one message per invocation (its BatchSize)."""
+        self._poll("PredictQueue", predict, 1)
+
+    def _announce_uploads(self, messages: list[dict[str, Any]]) -> None:
+        for bucket, key in _uploads(messages):
+            self.console.upload_seen(bucket, key)
+
+    def _poll(
+        self,
+        queue_id: str,
+        pool: FunctionPool,
+        batch: int,
+        seen: Any = None,
+    ) -> None:
+        """One SQS event source mapping: receive, invoke, delete what did not fail."""
         sqs = self.client("sqs")
-        url = self.urls["IngestQueue"]
-        arn = self.arns["IngestQueue"]
+        url = self.urls[queue_id]
+        arn = self.arns[queue_id]
         while not self._stop.is_set():
             try:
                 resp = sqs.receive_message(
                     QueueUrl=url,
-                    MaxNumberOfMessages=10,
+                    MaxNumberOfMessages=batch,
                     WaitTimeSeconds=1,
                     AttributeNames=["All"],
                     MessageAttributeNames=["All"],
@@ -452,54 +470,30 @@ class LocalStack:
             except Exception:  # the server is stopping
                 if self._stop.is_set():
                     return
-                log.exception("ingest poll failed")
+                log.exception("%s poll failed", pool.name)
                 time.sleep(1)
                 continue
             messages = resp.get("Messages", [])
             if not messages:
                 continue
-            for bucket, key in _uploads(messages):
-                self.console.upload_seen(bucket, key)
+            if seen is not None:
+                seen(messages)
             event = {"Records": [sqs_record_of(m, arn, self.cfg.region) for m in messages]}
             try:
-                result = ingest.invoke(event) or {}
+                result = pool.invoke(event) or {}
                 failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
             except Exception:
-                log.exception("ingest function failed; the batch will be retried")
+                log.exception("%s function failed; the batch will be retried", pool.name)
                 failed = {m["MessageId"] for m in messages}
             for m in messages:
                 if m["MessageId"] in failed:
                     log.warning(
-                        "ingest message %s failed; SQS will retry it, then dead-letter it",
+                        "%s message %s failed; SQS will retry it, then dead-letter it",
+                        pool.name,
                         m["MessageId"],
                     )
                     continue
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-
-    def _poll_predict(self, predict: FunctionPool) -> None:
-        """PredictQueue -> PredictFunction, one message per invocation (its BatchSize)."""
-        sqs = self.client("sqs")
-        url, arn = self.urls["PredictQueue"], self.arns["PredictQueue"]
-        while not self._stop.is_set():
-            try:
-                resp = sqs.receive_message(
-                    QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=1, AttributeNames=["All"]
-                )
-            except Exception:  # the server is stopping
-                if self._stop.is_set():
-                    return
-                log.exception("predict poll failed")
-                time.sleep(1)
-                continue
-            for m in resp.get("Messages", []):
-                event = {"Records": [sqs_record_of(m, arn, self.cfg.region)]}
-                try:
-                    failed = bool((predict.invoke(event) or {}).get("batchItemFailures"))
-                except Exception:
-                    log.exception("predict function failed; the message will be retried")
-                    failed = True
-                if not failed:
-                    sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
 
 
 def _uploads(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
