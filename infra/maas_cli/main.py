@@ -251,6 +251,34 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from maas_cli.generate import generate
+
+    return generate(connect(), args.model, args.prompt, args, sys.stdout)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from maas_cli.generate import chat
+
+    return chat(connect(), args.model, args, input, sys.stdout)
+
+
+def _generation_commands(sub: Any) -> None:
+    """`maas generate` and `maas chat` (text-generation models, over /v1)."""
+    g = sub.add_parser("generate", help="complete a prompt with a text-generation model")
+    g.add_argument("model")
+    g.add_argument("prompt")
+    ch = sub.add_parser("chat", help="chat with a text-generation model (empty line ends)")
+    ch.add_argument("model")
+    ch.add_argument("--system", help="a system message first")
+    for p in (g, ch):
+        p.add_argument("--max-tokens", type=int, default=64)
+        p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+        p.add_argument("--seed", type=int)
+    g.set_defaults(func=cmd_generate)
+    ch.set_defaults(func=cmd_chat)
+
+
 def _weight(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -304,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maas", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     _local_commands(sub)
+    _generation_commands(sub)
 
     u = sub.add_parser("upload", help="upload a dataset (starts a training run)")
     u.add_argument("file")
@@ -394,6 +423,8 @@ def _explained(e: Exception) -> str:
         )
     if isinstance(e, ClientError | BotoCoreError):
         return f"{e} (is the stack running, and are your AWS credentials for it?)"
+    if type(e).__name__ == "GenerateError":
+        return str(e)
     if isinstance(e, StackNotFound | FileNotFoundError | PermissionError | ValueError):
         return str(e)
     if type(e).__name__ in ("StackRunning", "PortInUse"):  # the local stack's own refusals

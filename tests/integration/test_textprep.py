@@ -91,7 +91,13 @@ def test_training_job_loads_this_very_file() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "source"), [("textprep", SHARED), ("contract", CONTRACT), ("tableprep", TABLEPREP)]
+    ("name", "source"),
+    [
+        ("textprep", SHARED),
+        ("contract", CONTRACT),
+        ("tableprep", TABLEPREP),
+        ("chattemplate", SHARED.parent / "chattemplate.py"),
+    ],
 )
 def test_training_code_tarball_carries_a_byte_identical_copy(
     tmp_path: Path, name: str, source: Path
@@ -133,6 +139,6 @@ def test_job_spec_and_training_job_use_the_one_recipe_table() -> None:
             )
             hp = parse_hyperparameters(spec.hyperparameters_for_sagemaker())
             # THEN both took it as it is, with the recipe's defaults from the table
-            defaults = contract.RECIPE_DEFAULTS.get(recipe, {})
+            defaults = contract.recipe_defaults(task, recipe)
             assert {k: getattr(hp, k) for k in defaults} == defaults, (task, recipe)
             assert (hp.task, hp.recipe) == (task, recipe)

@@ -607,6 +607,7 @@ def test_every_recipe_of_the_contract_has_a_training_recipe() -> None:
     assert {key for key, recipe in registered.items() if not recipe.trains} == {
         ("text-classification", "import"),
         ("embedding", "import"),
+        ("text-generation", "import"),
     }
 
 

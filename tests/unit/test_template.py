@@ -40,6 +40,12 @@ OIP_ROUTES = {
     ("GET", "/v2/models/{model}/versions/{version}"),
     ("GET", "/v2/models/{model}/versions/{version}/ready"),
     ("POST", "/v2/models/{model}/versions/{version}/infer"),
+    # Text generation: the OIP generate extension and the OpenAI wire format (buffered).
+    ("POST", "/v2/models/{model}/generate"),
+    ("POST", "/v2/models/{model}/versions/{version}/generate"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/chat/completions"),
 }
 ADMIN_ROUTES = {
     ("GET", "/admin/models"),

@@ -34,6 +34,9 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "max_length": (2, 8192, True, True),
     "max_columns": (1, 100_000, True, True),
     "balance_classes": (0, 1, True, True),
+    "vocab_size": (259, 1 << 18, True, True),
+    "attention_heads": (1, 256, True, True),
+    "lora_rank": (0, 1024, True, True),
 }
 
 
@@ -125,7 +128,7 @@ def _resolve_recipe(values: dict[str, Any]) -> None:
             f"recipe {recipe!r} is not known for task {task}; known: {', '.join(known)}"
         )
     values["recipe"] = recipe
-    for key, default in contract.RECIPE_DEFAULTS.get(recipe, {}).items():
+    for key, default in contract.recipe_defaults(task or contract.DEFAULT_TASK, recipe).items():
         values.setdefault(key, default)
 
 

@@ -29,6 +29,7 @@ from maas_training.modeldir import ModelDir, Plot, Sample, write_model_dir
 from maas_training.recipes import (
     Encoded,
     Family,
+    GenerativeRecipe,
     Pretrained,
     PretrainedRecipe,
     TrainedRecipe,
@@ -89,7 +90,11 @@ class Scores:
     figures: dict[str, float]  # test_* metrics (accuracy, balanced accuracy, ... or R^2, ...)
 
 
-def run(paths: Paths, hp: Any, recipe: TrainedRecipe | PretrainedRecipe) -> dict[str, Any]:
+def run(
+    paths: Paths, hp: Any, recipe: TrainedRecipe | PretrainedRecipe | GenerativeRecipe
+) -> dict[str, Any]:
+    if isinstance(recipe, GenerativeRecipe):
+        return recipe.run(paths, hp)
     if isinstance(recipe, PretrainedRecipe):
         return run_pretrained(paths, hp, recipe)
     return run_trained(paths, hp, recipe)

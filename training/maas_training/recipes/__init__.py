@@ -142,7 +142,17 @@ class PretrainedRecipe:
     trains = False
 
 
-Recipe = TrainedRecipe | PretrainedRecipe
+@dataclass(frozen=True)
+class GenerativeRecipe:
+    """A text-generation recipe: it runs its own steps (maas_training.lmsteps ends them all)."""
+
+    task: str
+    name: str
+    run: Callable[[Paths, Hyperparameters], dict[str, Any]]
+    trains: bool = True
+
+
+Recipe = TrainedRecipe | PretrainedRecipe | GenerativeRecipe
 REGISTRY: dict[tuple[str, str], Recipe] = {}
 
 

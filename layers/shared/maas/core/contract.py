@@ -27,6 +27,14 @@ model dir (inside model.tar.gz):
   text.json         text models: the encoder spec (maas/serving/textprep.py) that turns the BYTES
                     input into the graph's inputs, in training and in serving alike.
   tokenizer.json    text models built on a Hugging Face tokenizer.
+  generation.json   text-generation models: ``GenerationSpec`` (the KV cache's shape, the
+                    tokenizer's special tokens and BOS rule, the chat template, the folder's
+                    generation defaults). model.onnx is then the KV-cache graph named below
+                    (INPUT_IDS, past_name, LOGITS_OUTPUT, present_name) and sample.npz holds
+                    held-out token windows (INPUT_PREFIX + INPUT_IDS, [n, length]) for the
+                    optimizer's perplexity and next-token agreement.
+  hf/               text-generation models trained or fine-tuned here: the Hugging Face folder
+                    (config.json, model.safetensors, tokenizer files) for use elsewhere.
 
 Served version (models/<model>/<version>/): model.onnx, manifest.json (``Manifest``), and for
 text models text.json (+ tokenizer.json), each sha256-listed in the manifest; training.png when
@@ -50,6 +58,8 @@ TEXT_SPEC_FILE = "text.json"
 TABLE_SPEC_FILE = "table.json"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
+GENERATION_SPEC_FILE = "generation.json"
+HF_FOLDER = "hf"
 # What every model dir holds; the rest is per task.
 REQUIRED_MODEL_FILES = (MODEL_FILE, SAMPLE_FILE, METRICS_FILE, LABELS_FILE, SCHEMA_FILE)
 
@@ -66,6 +76,17 @@ PROBABILITIES_OUTPUT = "probabilities"
 LABEL_OUTPUT = "label"
 PREDICTION_OUTPUT = "prediction"
 EMBEDDING_OUTPUT = "embedding"
+# Text-generation graphs: token ids in, next-token logits out, the KV cache both ways.
+INPUT_IDS = "input_ids"
+LOGITS_OUTPUT = "logits"
+
+
+def past_name(layer: int, kv: str) -> str:
+    return f"past_key_values.{layer}.{kv}"
+
+
+def present_name(layer: int, kv: str) -> str:
+    return f"present.{layer}.{kv}"
 
 
 class TensorSpec(TypedDict):
@@ -127,8 +148,32 @@ class Manifest(TypedDict):
     quality_gate: dict[str, Any]
     text: NotRequired[TextFiles]
     table: NotRequired[dict[str, Any]]  # table.json: the column transforms serving runs
+    generation: NotRequired[GenerationSpec]
     graph_inputs: NotRequired[list[str]]
     plot: NotRequired[str]
+
+
+class GenerationSpec(TypedDict):
+    """generation.json: what the generation loop needs beside the graph and tokenizer.json."""
+
+    architecture: str
+    model_type: str
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    context_length: int  # prompt + completion tokens the model takes
+    bos_token_id: int | None
+    eos_token_ids: list[int]
+    # How `tokenizer(prompt)` adds special tokens for this folder: "tokenizer.json" (its
+    # post-processor, tokenizers' add_special_tokens=True) or "explicit" (add_bos/add_eos below,
+    # tokenizers' add_special_tokens=False), as transformers' AutoTokenizer does for the class.
+    special_tokens_rule: str
+    add_bos: bool
+    add_eos: bool
+    special_tokens: dict[str, str]  # bos_token, eos_token, ... for the chat template
+    chat_template: str | None
+    generation_defaults: dict[str, Any]  # generation_config.json's sampling settings
 
 
 TEXT_INPUT_SPEC: TensorSpec = {"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}
@@ -160,11 +205,18 @@ def regressor_outputs() -> list[TensorSpec]:
 #                        sequence-classification folder exported as it is.
 #   embedding            "import": a Hugging Face / sentence-transformers folder exported with
 #                        its pooling and normalisation.
+#   text-generation      "lm": a Llama-style decoder trained from a text corpus with its own
+#                        byte-level BPE tokenizer; "finetune": an imported causal LM (channel
+#                        "base") tuned on text or chat/instruction data, LoRA by default, merged;
+#                        "import": a Hugging Face causal-LM folder (Llama, Mistral, Qwen2,
+#                        Qwen3, GPT-2) exported as it is. All export with the KV cache.
+TEXT_GENERATION = "text-generation"
 RECIPES: dict[str, tuple[str, ...]] = {
     "classification": ("auto", "mlp", "trees"),
     "regression": ("auto", "mlp", "trees"),
     "text-classification": ("ngram", "finetune", "import"),
     "embedding": ("import",),
+    TEXT_GENERATION: ("lm", "finetune", "import"),
 }
 TASKS = tuple(RECIPES)
 DEFAULT_TASK = TASKS[0]
@@ -213,9 +265,15 @@ HYPERPARAMETERS: dict[str, int | float] = {
     # Classification: 1 weighs each class by the inverse of its share of the training rows, in
     # every candidate's loss (an imbalanced table); 0 counts every row alike.
     "balance_classes": 0,
+    # Text generation: the lm recipe's tokenizer and width (embedding_dim, hidden_layers,
+    # attention_heads), its context (max_length); finetune's LoRA rank (0: full fine-tuning).
+    "vocab_size": 4096,
+    "attention_heads": 4,
+    "lora_rank": 8,
 }
 # Defaults that differ by recipe, applied to the knobs a job does not set (a transformer
-# fine-tune wants a few epochs at a small learning rate, not the tabular 200 at 1e-3).
+# fine-tune wants a few epochs at a small learning rate, not the tabular 200 at 1e-3). Keyed by
+# recipe, or by "task/recipe" where one recipe name means different things per task.
 RECIPE_DEFAULTS: dict[str, dict[str, int | float]] = {
     "ngram": {
         "epochs": 30,
@@ -233,4 +291,29 @@ RECIPE_DEFAULTS: dict[str, dict[str, int | float]] = {
         "batch_size": 32,
         "dropout": 0.1,
     },
+    "lm": {
+        "epochs": 4,
+        "learning_rate": 3e-3,
+        "weight_decay": 0.1,
+        "patience": 2,
+        "dropout": 0.0,
+        "batch_size": 16,
+        "embedding_dim": 128,
+        "hidden_layers": 2,
+        "max_length": 128,
+    },
+    "text-generation/finetune": {
+        "epochs": 3,
+        "learning_rate": 2e-4,
+        "weight_decay": 0.0,
+        "patience": 2,
+        "dropout": 0.0,
+        "batch_size": 8,
+        "max_length": 256,
+    },
 }
+
+
+def recipe_defaults(task: str, recipe: str) -> dict[str, int | float]:
+    """The recipe's defaults for the task: "task/recipe" first, then the recipe's own."""
+    return RECIPE_DEFAULTS.get(f"{task}/{recipe}", RECIPE_DEFAULTS.get(recipe, {}))

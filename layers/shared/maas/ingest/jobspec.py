@@ -43,10 +43,20 @@ HYPERPARAMETER_BOUNDS: dict[str, dict[str, Any]] = {
     "max_length": {"ge": 2, "le": 8192},
     "max_columns": {"ge": 1, "le": 100_000},
     "balance_classes": {"ge": 0, "le": 1},
+    "vocab_size": {"ge": 259, "le": 1 << 18},
+    "attention_heads": {"ge": 1, "le": 256},
+    "lora_rank": {"ge": 0, "le": 1024},
 }
 # Text-recipe knobs a job.json leaves unset stay unsent: the training job applies the contract's
 # defaults (and the recipe's) itself.
-UNSENT_UNLESS_SET = ("embedding_dim", "buckets", "max_length")
+UNSENT_UNLESS_SET = (
+    "embedding_dim",
+    "buckets",
+    "max_length",
+    "vocab_size",
+    "attention_heads",
+    "lora_rank",
+)
 
 
 def _hyperparameter(name: str, default: int | float) -> Any:
@@ -79,6 +89,10 @@ class QualityGate(BaseModel):
     max_r2_drop: float = Field(default=0.01, ge=0, le=1)
     # A model whose fp32 test accuracy is below this is REJECTED outright.
     min_accuracy: float = Field(default=0.0, ge=0, le=1)
+    # Text generation: largest relative perplexity increase over fp32 (0.05 = 5 %) on held-out
+    # text, and the smallest top-1 next-token agreement with fp32 (teacher-forced).
+    max_perplexity_increase: float = Field(default=0.05, ge=0, le=10)
+    min_agreement: float = Field(default=0.95, ge=0, le=1)
 
 
 class JobSpec(BaseModel):
@@ -136,7 +150,9 @@ class JobSpec(BaseModel):
         """SageMaker passes hyperparameters as strings; JSON-encode each, as script mode does."""
         hp: dict[str, Any] = self.hyperparameters.model_dump(exclude_none=True)
         given = self.hyperparameters.model_fields_set
-        for key, value in contract.RECIPE_DEFAULTS.get(self.effective_recipe, {}).items():
+        for key, value in contract.recipe_defaults(
+            self.effective_task, self.effective_recipe
+        ).items():
             if key not in given:
                 hp[key] = value
         hp.update({"label": self.label, "text": self.text})
@@ -172,7 +188,8 @@ def parse_job_json(raw: bytes, *, pretrained: bool = False) -> JobSpec:
     if spec.effective_recipe != "import":
         raise InvalidJobSpec(
             "a pretrained/ upload is imported: its job.json takes recipe 'import' "
-            "(task 'embedding', or 'text-classification' for a sequence-classification model)"
+            "(task 'embedding', 'text-classification' for a sequence-classification model, "
+            "'text-generation' for a causal LM)"
         )
     return spec
 

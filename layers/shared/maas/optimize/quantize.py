@@ -589,6 +589,15 @@ def _speedups(fp32: Candidate, c: Candidate) -> tuple[float, float]:
     return s1, sn
 
 
+def ruled_out(c: Candidate) -> str:
+    """Why a candidate cannot be chosen whatever its speed (it failed, or failed the gate)."""
+    if not c.ok:
+        return f"{c.recipe}: {c.error}"
+    if not c.passed_gate:
+        return f"{c.recipe}: failed gate ({c.reason})"
+    return ""
+
+
 def choose(
     fp32: Candidate,
     candidates: list[Candidate],
@@ -599,11 +608,9 @@ def choose(
     eligible: list[Candidate] = []
     losers: list[str] = []
     for c in candidates[1:]:
-        if not c.ok:
-            losers.append(f"{c.recipe}: {c.error}")
-            continue
-        if not c.passed_gate:
-            losers.append(f"{c.recipe}: failed gate ({c.reason})")
+        out = ruled_out(c)
+        if out:
+            losers.append(out)
             continue
         s1, sn = _speedups(fp32, c)
         floor = 1.0 / min_speedup

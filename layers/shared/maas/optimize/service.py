@@ -15,6 +15,7 @@ from maas.core.artifacts import model_prefix
 from maas.core.config import OptimizeSettings
 from maas.core.contract import (
     CALIBRATION_FILE,
+    GENERATION_SPEC_FILE,
     LABELS_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
@@ -24,6 +25,7 @@ from maas.core.contract import (
     SAMPLE_FILE,
     SCHEMA_FILE,
     TABLE_SPEC_FILE,
+    TEXT_GENERATION,
     TEXT_SPEC_FILE,
     TOKENIZER_FILE,
     Manifest,
@@ -210,6 +212,7 @@ class Optimizer:
         if missing:
             raise ValueError(f"model.tar.gz lacks {', '.join(missing)}")
         text_spec, text_files = _text_files(model_dir)
+        generation = model_dir / GENERATION_SPEC_FILE
         plot = model_dir / PLOT_FILE
         table = model_dir / TABLE_SPEC_FILE
         return Trained(
@@ -221,6 +224,7 @@ class Optimizer:
             text_files=text_files,
             plot=plot if plot.is_file() else None,
             table_spec=json.loads(table.read_text()) if table.is_file() else None,
+            generation=json.loads(generation.read_text()) if generation.is_file() else None,
         )
 
 
@@ -236,6 +240,7 @@ class Trained:
     text_files: dict[str, Path]  # text.json and the tokenizer file it names, published beside
     plot: Path | None  # training.png, when the job drew one
     table_spec: dict[str, Any] | None = None  # table.json: the column transforms serving runs
+    generation: dict[str, Any] | None = None  # generation.json (text-generation models)
 
     @property
     def task(self) -> str:
@@ -266,6 +271,16 @@ def _select(trained: Trained, spec: JobSpec, workdir: Path) -> Selection:
     from maas.optimize.feeds import load_npz
     from maas.optimize.quantize import optimize_model  # onnx is heavy: only on this path
 
+    if spec.task == TEXT_GENERATION:
+        from maas.optimize.lmsearch import optimize_lm
+
+        return optimize_lm(
+            trained.dir / MODEL_FILE,
+            load_npz(trained.dir / SAMPLE_FILE),
+            workdir,
+            max_perplexity_increase=spec.quality_gate.max_perplexity_increase,
+            min_agreement=spec.quality_gate.min_agreement,
+        )
     calib_path = trained.dir / CALIBRATION_FILE
     return optimize_model(
         trained.dir / MODEL_FILE,
@@ -334,6 +349,8 @@ def _manifest(
         # The OIP inputs (one per column, or one matrix) become the graph's by this spec.
         manifest["table"] = trained.table_spec
         manifest["graph_inputs"] = schema.get("graph_inputs")
+    if trained.generation is not None:
+        manifest["generation"] = trained.generation
     if trained.plot:
         manifest["plot"] = PLOT_FILE
     return manifest

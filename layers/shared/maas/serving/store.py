@@ -66,6 +66,15 @@ def _reading(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"{what} unavailable, retry later") from None
 
 
+def _epoch(iso: str) -> int:
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
+
+
 def threads_for_memory(memory_mb: int) -> int:
     return max(1, min(6, math.floor(memory_mb / MB_PER_VCPU + 0.5)))
 
@@ -97,6 +106,7 @@ class LoadedModel:
     size_bytes: int = 0  # model files on disk: what the session cache budgets memory by
     # Tables: the OIP inputs (one per column, or the matrix) -> the graph's features.
     table: TableServing | None = None
+    generator: Any = None  # text-generation: maas.serving.generation.Generator
 
     def metadata(self, versions: list[str]) -> dict[str, Any]:
         return {
@@ -108,6 +118,11 @@ class LoadedModel:
         }
 
     def infer(self, request: InferRequest, max_batch: int) -> dict[str, np.ndarray]:
+        if self.generator is not None:
+            raise ProtocolError(
+                f"model {self.model!r} is a text-generation model: use "
+                f"/v2/models/{self.model}/generate or /v1/completions, not /infer"
+            )
         if self.table is not None:
             feeds = self.table.feeds(request.inputs, max_batch)
         else:
@@ -401,6 +416,23 @@ class ModelStore:
                 (old_model, old_version), _ = self._sessions.popitem(last=False)
                 log.info("evicted %s v%s for %s v%s", old_model, old_version, model, version)
 
+    def generative_models(self) -> list[tuple[str, int]]:
+        """(name, created) of every model whose prod version is a text-generation model."""
+        out = []
+        with _reading(REGISTRY):
+            names = self.registry.list_models()
+        for name in names:
+            try:
+                route = self.route(name)
+                with _reading(REGISTRY):
+                    record = self.registry.get_version(name, route.prod)
+            except (ModelNotFound, ModelUnavailable, NotFound):
+                continue
+            task = ((record.summary or {}).get("spec") or {}).get("task")
+            if task == "text-generation":
+                out.append((name, _epoch(getattr(record, "created_at", "") or "")))
+        return out
+
     def ready_versions(self, model: str) -> list[str]:
         with _reading(REGISTRY):
             versions = self.registry.list_versions(model)
@@ -424,14 +456,28 @@ class ModelStore:
             TensorMeta(o.name, oip_datatype(o.type), oip_shape(o.shape))
             for o in session.get_outputs()
         ]
-        preprocess = None
-        table = None
-        if manifest.get("text"):
+        preprocess, generator, table = None, None, None
+        if manifest.get("generation"):
+            generator = self._generator(model, version, prefix, manifest, local, session)
+            inputs, outputs = (
+                [TensorMeta("text_input", "BYTES", [1])],
+                [TensorMeta("text_output", "BYTES", [-1])],
+            )
+        elif manifest.get("text"):
             preprocess, inputs = self._text_encoder(model, version, prefix, manifest, local, inputs)
         elif manifest.get("table"):
             table, inputs = self._table(model, version, manifest)
         return LoadedModel(
-            model, version, session, manifest, inputs, outputs, preprocess, size, table
+            model,
+            version,
+            session,
+            manifest,
+            inputs,
+            outputs,
+            preprocess,
+            size,
+            table=table,
+            generator=generator,
         )
 
     def _table(
@@ -447,6 +493,27 @@ class ModelStore:
                 f"version {version} of model {model!r} has an unreadable table spec: {e}"
             ) from None
         return table, [TensorMeta(*i) for i in table.inputs()]
+
+    def _generator(
+        self,
+        model: str,
+        version: int,
+        prefix: str,
+        manifest: dict[str, Any],
+        local: Path,
+        session: ort.InferenceSession,
+    ) -> Any:
+        from maas.serving.textserving import TextFilesUnavailable, load_generator
+
+        directory = local.parent / f"{local.stem}.text"
+        try:
+            return load_generator(
+                self.storage, self.settings.artifact_bucket, prefix, manifest, directory, session
+            )
+        except (TextFilesUnavailable, KeyError, ValueError, OSError) as e:
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} cannot load its tokenizer: {e}"
+            ) from None
 
     def _check_ready(self, model: str, version: int) -> None:
         try:
