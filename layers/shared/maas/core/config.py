@@ -1,13 +1,13 @@
 """Environment variables as a model: each function declares the environment it reads, once.
 
 One dataclass per function (IngestSettings, OptimizeSettings, InferenceSettings,
-AdminSettings), each field naming its variable, its default (none: required) and its bounds,
-checked and coerced on construction the way pydantic's lax mode reads environment strings
-("30" -> 30, "false" -> False). A required variable that is unset or empty fails from_env()
-with an error naming it. Not pydantic on purpose: the inference function reads its settings
-on its cold path, and importing pydantic and building a model costs a cold inference function
-more than its whole budget over importing onnxruntime (bench/coldstart.py). Job specs and the
-wire schema, which validate what users send, stay pydantic models.
+PredictSettings, AdminSettings), each field naming its variable, its default (none: required)
+and its bounds, checked and coerced on construction the way pydantic's lax mode reads
+environment strings ("30" -> 30, "false" -> False). A required variable that is unset or empty
+fails from_env() with an error naming it. Not pydantic on purpose: the inference function reads
+its settings on its cold path, and importing pydantic and building a model costs a cold
+inference function more than its whole budget over importing onnxruntime (bench/coldstart.py).
+Job specs and the wire schema, which validate what users send, stay pydantic models.
 
 FUNCTION_SETTINGS maps template.yaml's functions to their models: the template checks and the
 tests' environment resets are derived from it.
@@ -135,6 +135,18 @@ class InferenceSettings(EnvSettings):
 
 
 @dataclass(kw_only=True)
+class PredictSettings(InferenceSettings):
+    """The batch-prediction function: the inference function's model store, plus its queue."""
+
+    data_bucket: str = setting("DATA_BUCKET")
+    predict_queue_url: str = setting("PREDICT_QUEUE_URL")
+    # Rows per chunk: each chunk is one SQS message and one invocation.
+    chunk_rows: int = setting("PREDICT_CHUNK_ROWS", 10_000, ge=1, le=1_000_000)
+    # The largest input file the function reads (it holds the file in memory).
+    max_input_mb: float = setting("PREDICT_MAX_INPUT_MB", 512.0, gt=0)
+
+
+@dataclass(kw_only=True)
 class AdminSettings(EnvSettings):
     registry_table: str = setting("REGISTRY_TABLE")
 
@@ -144,6 +156,7 @@ FUNCTION_SETTINGS: dict[str, type[EnvSettings]] = {
     "IngestFunction": IngestSettings,
     "OptimizeFunction": OptimizeSettings,
     "InferenceFunction": InferenceSettings,
+    "PredictFunction": PredictSettings,
     "AdminFunction": AdminSettings,
 }
 

@@ -33,6 +33,7 @@ from maas.serving.ortsession import new_session
 
 if TYPE_CHECKING:
     from maas.core.config import InferenceSettings
+    from maas.serving.tableserving import TableServing
 
 MB_PER_VCPU = 1769  # Lambda allocates one vCPU per 1769 MB of memory
 log = logging.getLogger(__name__)
@@ -84,9 +85,13 @@ class TensorMeta:
     name: str
     datatype: str
     shape: list[int]
+    parameters: dict[str, Any] | None = None  # a table column's role
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+        doc: dict[str, Any] = {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+        if self.parameters:
+            doc["parameters"] = self.parameters
+        return doc
 
 
 @dataclass
@@ -100,6 +105,8 @@ class LoadedModel:
     # Text models: the OIP input is BYTES "text"; this turns it into the graph's inputs.
     preprocess: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
     size_bytes: int = 0  # model files on disk: what the session cache budgets memory by
+    # Tables: the OIP inputs (one per column, or the matrix) -> the graph's features.
+    table: TableServing | None = None
     generator: Any = None  # text-generation: maas.serving.generation.Generator
 
     def metadata(self, versions: list[str]) -> dict[str, Any]:
@@ -117,6 +124,22 @@ class LoadedModel:
                 f"model {self.model!r} is a text-generation model: use "
                 f"/v2/models/{self.model}/generate or /v1/completions, not /infer"
             )
+        if self.table is not None:
+            feeds = self.table.feeds(request.inputs, max_batch)
+        else:
+            feeds = self._feeds(request, max_batch)
+        names = [m.name for m in self.outputs]
+        wanted = request.outputs or names
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            raise ProtocolError(f"unknown output(s) {unknown}; the model has {names}")
+        if self.preprocess is not None:
+            feeds = self.preprocess(feeds)
+        results = self.session.run(wanted, feeds)
+        return dict(zip(wanted, results, strict=True))
+
+    def _feeds(self, request: InferRequest, max_batch: int) -> dict[str, np.ndarray]:
+        """The graph's own inputs, checked against its signature."""
         by_name = {t.name: t for t in request.inputs}
         feeds: dict[str, np.ndarray] = {}
         for meta in self.inputs:
@@ -145,21 +168,17 @@ class LoadedModel:
                     )
             if tensor.array.dtype.kind == "f" and not np.isfinite(tensor.array).all():
                 raise ProtocolError(f"input {meta.name!r}: NaN or infinite values")
+            if tensor.missing is not None and tensor.missing.any():
+                raise ProtocolError(
+                    f"input {meta.name!r}: null (missing) values; this model takes none"
+                )
             feeds[meta.name] = tensor.array
         if by_name:
             raise ProtocolError(
                 f"unknown input(s) {sorted(by_name)}; the model takes "
                 f"{[m.name for m in self.inputs]}"
             )
-        names = [m.name for m in self.outputs]
-        wanted = request.outputs or names
-        unknown = [n for n in wanted if n not in names]
-        if unknown:
-            raise ProtocolError(f"unknown output(s) {unknown}; the model has {names}")
-        if self.preprocess is not None:
-            feeds = self.preprocess(feeds)
-        results = self.session.run(wanted, feeds)
-        return dict(zip(wanted, results, strict=True))
+        return feeds
 
 
 @dataclass(frozen=True)
@@ -440,7 +459,7 @@ class ModelStore:
             TensorMeta(o.name, oip_datatype(o.type), oip_shape(o.shape))
             for o in session.get_outputs()
         ]
-        preprocess, generator = None, None
+        preprocess, generator, table = None, None, None
         if manifest.get("generation"):
             generator = self._generator(model, version, prefix, manifest, local, session)
             inputs, outputs = (
@@ -449,9 +468,34 @@ class ModelStore:
             )
         elif manifest.get("text"):
             preprocess, inputs = self._text_encoder(model, version, prefix, manifest, local, inputs)
+        elif manifest.get("table"):
+            table, inputs = self._table(model, version, manifest)
         return LoadedModel(
-            model, version, session, manifest, inputs, outputs, preprocess, size, generator
+            model,
+            version,
+            session,
+            manifest,
+            inputs,
+            outputs,
+            preprocess,
+            size,
+            table=table,
+            generator=generator,
         )
+
+    def _table(
+        self, model: str, version: int, manifest: dict[str, Any]
+    ) -> tuple[TableServing, list[TensorMeta]]:
+        """A table's column transforms, and the OIP inputs they take in the graph's place."""
+        from maas.serving.tableserving import TableServing
+
+        try:
+            table = TableServing(manifest["table"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} has an unreadable table spec: {e}"
+            ) from None
+        return table, [TensorMeta(*i) for i in table.inputs()]
 
     def _generator(
         self,
