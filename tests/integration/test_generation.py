@@ -240,3 +240,28 @@ def test_a_generation_that_would_outrun_the_time_limit_stops_with_length(
     doc = json.loads(response["body"])
     assert doc["choices"][0]["finish_reason"] == "length"
     assert doc["usage"]["completion_tokens"] < 200
+
+
+def test_a_model_that_does_not_generate_on_v1_is_a_clear_openai_error(
+    aws: Any, llama_job: tuple[Path, Path], lambda_context: Any, iris_model: Any
+) -> None:
+    # GIVEN a generative model and a classifier, both in prod
+    from maas_devkit.publish import publish_model
+
+    _, model_dir = llama_job
+    _serve(aws, model_dir, lambda_context)
+    publish_model(aws.registry(), aws.storage(), "iris", 1, iris_model.onnx, promote=True)
+
+    # WHEN the classifier is asked for a completion and a chat
+    for path, extra in (
+        ("/v1/completions", {"prompt": "hi"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ):
+        status, body = _call("POST", path, {"model": "iris", **extra}, lambda_context)
+
+        # THEN each is a 400 in OpenAI's error shape saying what the model is not
+        assert status == 400, body
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+        assert "not a text-generation model" in body["error"]["message"]
+    ok, _ = _call("POST", "/v1/completions", {"model": MODEL, "prompt": "hi"}, lambda_context)
+    assert ok == 200

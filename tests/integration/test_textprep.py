@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from maas.core import contract
 from maas.ingest.jobspec import JobSpec
-from maas.serving import textprep
+from maas.serving import tableprep, textprep
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / "layers" / "shared" / "maas" / "serving" / "textprep.py"
 CONTRACT = REPO / "layers" / "shared" / "maas" / "core" / "contract.py"
+TABLEPREP = REPO / "layers" / "shared" / "maas" / "serving" / "tableprep.py"
 
 
 def _word_tokenizer_json() -> str:
@@ -73,6 +74,14 @@ def test_tokenizer_json_pads_to_the_batch_longest_and_truncates(tmp_path: Path) 
         textprep.load_encoder({"kind": "sentencepiece"})
 
 
+def test_training_job_loads_the_very_column_transforms_serving_runs() -> None:
+    from maas_training import shared as training_side
+
+    assert training_side.source_path("tableprep") == TABLEPREP
+    column = training_side.tableprep().fit_column("x", "numeric", [1.0, 3.0], "FP64")
+    assert column == tableprep.fit_column("x", "numeric", [1.0, 3.0], "FP64")
+
+
 def test_training_job_loads_this_very_file() -> None:
     from maas_training import shared as training_side
 
@@ -86,6 +95,7 @@ def test_training_job_loads_this_very_file() -> None:
     [
         ("textprep", SHARED),
         ("contract", CONTRACT),
+        ("tableprep", TABLEPREP),
         ("chattemplate", SHARED.parent / "chattemplate.py"),
     ],
 )

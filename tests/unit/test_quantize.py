@@ -359,7 +359,7 @@ def test_bad_inputs_raise(mlp, tmp_path):
     with pytest.raises(ValueError, match="input__input"):
         optimize_model(fp32, {"target": mlp["sample"]["target"]}, None, tmp_path / "w")
     with pytest.raises(ValueError, match="unknown task"):
-        optimize_model(fp32, mlp["sample"], None, tmp_path / "w", task="regression")
+        optimize_model(fp32, mlp["sample"], None, tmp_path / "w", task="forecasting")
     # Calibration data that does not fit the graph only costs the static candidate.
     sel = optimize_model(
         fp32, mlp["sample"], {"input__other": np.ones((4, 64))}, tmp_path / "w", timing_repeats=5

@@ -156,7 +156,7 @@ def train_lm(
         )
         loss = _agree(ctx, loss, "max")
         val = evaluate_lm(model, validation, hp.batch_size, device)
-        _record(p, ctx, model, epoch, loss, val, hp.patience)
+        _record(p, ctx, model, epoch, loss, val, hp.patience, "val_accuracy")
         if checkpointer is not None:
             checkpointer.save(p.checkpoint(epoch, model, optimizer))
     model.load_state_dict(p.best_state)

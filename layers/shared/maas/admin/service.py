@@ -126,7 +126,8 @@ def version_info(record: VersionRecord, alias: Alias | None) -> VersionInfo:
     elif alias is not None and alias.canary_version == record.version:
         role = "canary"
     metrics: dict[str, Any] = dict(s.get("served_quality") or {})
-    for key in ("fp32_test_accuracy", "latency_ms", "size_bytes", "fp32_size_bytes", "plot"):
+    keys = ("fp32_test_accuracy", "fp32_test_r2", "latency_ms", "size_bytes", "fp32_size_bytes")
+    for key in (*keys, "plot", "task", "candidates", "selection"):
         if s.get(key) is not None:
             metrics[key] = s[key]
     return VersionInfo(

@@ -6,19 +6,24 @@ Standard library only, and no imports from ``maas``: the training container does
 with ``maas_training.shared``, as it loads ``maas/serving/textprep.py``.
 
 model dir (inside model.tar.gz):
-  model.onnx        fp32 graph. Tabular: input "input" FP32 [-1, n_features] of raw feature
-                    values (standardisation is inside the graph). Text: the token-id inputs of
-                    ``graph_inputs``. Classifiers output "probabilities" FP32 [-1, n_classes] and
-                    "label" STRING [-1]; embedding models "embedding" FP32 [-1, dim].
+  model.onnx        fp32 graph. Tabular: input "input" FP32 [-1, n_features] of the features
+                    table.json makes of the raw columns (standardisation is inside the
+                    graph). Text: the token-id inputs of ``graph_inputs``. Classifiers
+                    output "probabilities" FP32 [-1, n_classes] and "label" STRING [-1];
+                    regressors "prediction" FP32 [-1]; embedding models "embedding" FP32
+                    [-1, dim].
   sample.npz        held-out test split, never seen in training or early stopping: one array
                     "input__<onnx input name>" per graph input, "target" (int64 class index) for
-                    classifiers, "text" (unicode) for text models. The quality gate and the
-                    reported test accuracy use it.
+                    classifiers (float64 value for regressors), "text" (unicode) for text
+                    models. The quality gate and the reported test accuracy use it.
   calibration.npz   same layout, a slice of the training split (static quantization calibration).
   metrics.json      training metrics (fp32 test accuracy, epochs, device, timings, ...).
   labels.json       class names, index-aligned with "probabilities" ([] for embeddings).
   schema.json       ``Schema`` below.
   training.png      training/validation curves and the test confusion matrix (trained models).
+  table.json        tabular models: the fitted column transforms (maas/serving/tableprep.py)
+                    that turn the OIP inputs (one per column, or one FP32 matrix) into the
+                    graph's input, in training and in serving alike; the manifest carries it.
   text.json         text models: the encoder spec (maas/serving/textprep.py) that turns the BYTES
                     input into the graph's inputs, in training and in serving alike.
   tokenizer.json    text models built on a Hugging Face tokenizer.
@@ -50,6 +55,7 @@ LABELS_FILE = "labels.json"
 SCHEMA_FILE = "schema.json"
 PLOT_FILE = "training.png"
 TEXT_SPEC_FILE = "text.json"
+TABLE_SPEC_FILE = "table.json"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
 GENERATION_SPEC_FILE = "generation.json"
@@ -68,6 +74,7 @@ FEATURES_INPUT = "input"
 TEXT_INPUT = "text"  # the OIP BYTES input of every text model
 PROBABILITIES_OUTPUT = "probabilities"
 LABEL_OUTPUT = "label"
+PREDICTION_OUTPUT = "prediction"
 EMBEDDING_OUTPUT = "embedding"
 # Text-generation graphs: token ids in, next-token logits out, the KV cache both ways.
 INPUT_IDS = "input_ids"
@@ -86,6 +93,7 @@ class TensorSpec(TypedDict):
     name: str
     datatype: str
     shape: list[int]
+    parameters: NotRequired[dict[str, Any]]  # a table column's role ({"role": "categorical"})
 
 
 class Transformer(TypedDict):
@@ -108,6 +116,7 @@ class Schema(TypedDict):
     features: NotRequired[list[str]]
     graph_inputs: NotRequired[list[str]]
     transformer: NotRequired[Transformer]
+    columns: NotRequired[list[dict[str, Any]]]  # tabular: name, role, why (the job's typing)
 
 
 class TextFiles(TypedDict):
@@ -138,6 +147,7 @@ class Manifest(TypedDict):
     sha256: str
     quality_gate: dict[str, Any]
     text: NotRequired[TextFiles]
+    table: NotRequired[dict[str, Any]]  # table.json: the column transforms serving runs
     generation: NotRequired[GenerationSpec]
     graph_inputs: NotRequired[list[str]]
     plot: NotRequired[str]
@@ -176,12 +186,19 @@ def classifier_outputs(n_classes: int) -> list[TensorSpec]:
     ]
 
 
+def regressor_outputs() -> list[TensorSpec]:
+    return [{"name": PREDICTION_OUTPUT, "datatype": "FP32", "shape": [-1]}]
+
+
 # --- tasks and recipes ------------------------------------------------------------------------
 
 # task -> its recipes, the default first.
-#   classification       "auto": pick the MLP depth (0, 1 or hidden_layers) by validation loss,
-#                        then refit the winner on train + validation; "mlp": exactly
-#                        hidden_layers, early-stopped.
+#   classification,      tables (maas/serving/tableprep.py types and encodes the columns).
+#   regression           "auto": a linear model (MLP depth 0), the MLP at 1 and hidden_layers
+#                        and gradient-boosted trees, compared by validation loss (k-fold on
+#                        small tables), then the winner refitted on train + validation; "mlp":
+#                        exactly hidden_layers, early-stopped; "trees": the trees alone. With
+#                        no "task" in job.json the label decides which of the two it is.
 #   text-classification  "ngram": hashed word + character n-grams into an embedding bag
 #                        (fastText-style); "finetune": a pretrained encoder (channel "base")
 #                        with a classification head; "import": a Hugging Face
@@ -195,13 +212,16 @@ def classifier_outputs(n_classes: int) -> list[TensorSpec]:
 #                        Qwen3, GPT-2) exported as it is. All export with the KV cache.
 TEXT_GENERATION = "text-generation"
 RECIPES: dict[str, tuple[str, ...]] = {
-    "classification": ("auto", "mlp"),
+    "classification": ("auto", "mlp", "trees"),
+    "regression": ("auto", "mlp", "trees"),
     "text-classification": ("ngram", "finetune", "import"),
     "embedding": ("import",),
     TEXT_GENERATION: ("lm", "finetune", "import"),
 }
 TASKS = tuple(RECIPES)
 DEFAULT_TASK = TASKS[0]
+TABULAR_TASKS = ("classification", "regression")
+DETECT_TASK = ""  # the training job's task when job.json names none: the label decides
 ALL_RECIPES = tuple(dict.fromkeys(r for rs in RECIPES.values() for r in rs))
 
 
@@ -215,10 +235,12 @@ def default_recipe(task: str) -> str:
 DEFAULT_LABEL = "label"
 DEFAULT_TEXT = "text"
 STRING_HYPERPARAMETERS: dict[str, str] = {
-    "task": DEFAULT_TASK,
+    "task": DETECT_TASK,
     "label": DEFAULT_LABEL,
     "text": DEFAULT_TEXT,
     "recipe": "",
+    # job.json's "columns" ({"<name>": "numeric" | "categorical" | ...}) as a JSON object.
+    "columns": "",
 }
 # Numeric knobs and their defaults; a default's type is the knob's (int or float). The job spec
 # and the training job each bound them (a paid GPU should never see an absurd value).
@@ -238,6 +260,11 @@ HYPERPARAMETERS: dict[str, int | float] = {
     "embedding_dim": 64,
     "buckets": 1 << 16,
     "max_length": 128,
+    # Tables: more feature columns than this is refused (a wide table is rarely what was meant).
+    "max_columns": 2000,
+    # Classification: 1 weighs each class by the inverse of its share of the training rows, in
+    # every candidate's loss (an imbalanced table); 0 counts every row alike.
+    "balance_classes": 0,
     # Text generation: the lm recipe's tokenizer and width (embedding_dim, hidden_layers,
     # attention_heads), its context (max_length); finetune's LoRA rank (0: full fine-tuning).
     "vocab_size": 4096,

@@ -42,7 +42,8 @@ CALIBRATION_MAX_ROWS = 1024
 
 def default_op_types(task: str) -> tuple[str, ...]:
     # Text models keep most of their weights in an embedding table: Gather too.
-    return CLASSIFICATION_OP_TYPES if task == "classification" else EMBEDDING_OP_TYPES
+    tabular = task in ("classification", "regression")
+    return CLASSIFICATION_OP_TYPES if tabular else EMBEDDING_OP_TYPES
 
 
 @dataclass(frozen=True)
