@@ -45,19 +45,10 @@ TARGET_OVERHEAD = 0.05
 
 def serve(stack: Any, work: Path) -> None:
     """The bench model uploaded as a folder, imported and made ready by the stack."""
-    from maas_devkit.lmfolders import tiny_folder
-    from maas_devkit.wait import wait_until_final
+    from maas_devkit.lmfolders import import_through_stack, tiny_folder
 
     folder = tiny_folder("llama", work / "folder", width=WIDTH, layers=LAYERS, vocab_size=VOCAB)
-    s3 = stack.client("s3")
-    bucket = stack.outputs["DataBucketName"]
-    for f in folder.iterdir():
-        s3.upload_file(str(f), bucket, f"pretrained/{MODEL}/run-1/{f.name}")
-    body = json.dumps({"task": "text-generation"})
-    s3.put_object(Bucket=bucket, Key=f"pretrained/{MODEL}/run-1/job.json", Body=body)
-    record = wait_until_final(stack, MODEL, timeout=1800)
-    if record["status"] != "READY":
-        raise RuntimeError(f"{MODEL} did not become ready: {record}")
+    import_through_stack(stack, MODEL, folder, timeout=1800)
 
 
 def _ask(stream: bool) -> dict[str, Any]:

@@ -194,3 +194,19 @@ def tiny_folder(
         cfg_path.write_text(json.dumps(cfg, indent=2))
         jinja.unlink()
     return dst
+
+
+def import_through_stack(stack: Any, model: str, folder: Path, timeout: float = 900) -> Any:
+    """Upload a model folder under pretrained/<model>/run-1/ with a text-generation job.json,
+    as a user would, and wait for the stack to import, optimize and serve it; the record."""
+    from maas_devkit.wait import wait_until_final
+
+    s3, bucket = stack.client("s3"), stack.outputs["DataBucketName"]
+    for f in folder.iterdir():
+        s3.upload_file(str(f), bucket, f"pretrained/{model}/run-1/{f.name}")
+    job = json.dumps({"task": "text-generation"})
+    s3.put_object(Bucket=bucket, Key=f"pretrained/{model}/run-1/job.json", Body=job)
+    record = wait_until_final(stack, model, timeout=timeout)
+    if record["status"] != "READY":
+        raise AssertionError(f"{model} did not become ready: {record}")
+    return record

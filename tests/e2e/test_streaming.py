@@ -31,16 +31,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 from maas_devkit.events import rest_api_event
-from maas_devkit.lmfolders import tiny_folder
+from maas_devkit.lmfolders import import_through_stack, tiny_folder
 from maas_devkit.models import infer_body
 from maas_devkit.publish import publish_to_stack
 from maas_devkit.repo import REPO
 from maas_devkit.stacks import running_stack
-from maas_devkit.wait import wait_until_final
 from maas_local.stack import LocalStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -58,20 +56,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, iris_model: Any) -> Iterator
 
 
 def _import(stack: LocalStack, model: str, folder: Path) -> Path:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=stack.aws_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    bucket = stack.outputs["DataBucketName"]
-    for f in folder.iterdir():
-        s3.upload_file(str(f), bucket, f"pretrained/{model}/run-1/{f.name}")
-    job = json.dumps({"task": "text-generation"})
-    s3.put_object(Bucket=bucket, Key=f"pretrained/{model}/run-1/job.json", Body=job)
-    record = wait_until_final(stack, model, timeout=900)
-    assert record["status"] == "READY", record
+    import_through_stack(stack, model, folder)
     return folder
 
 
