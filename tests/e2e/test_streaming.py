@@ -1,5 +1,6 @@
-"""Token streaming end to end: a tiny Llama folder imported through the local stack, streamed
-over its HTTP server by the streaming function's own handler code.
+"""Token streaming end to end: Llama folders imported through the local stack, streamed over
+its HTTP server by the streaming function's own handler code (the ~12 M-parameter one where
+timing shows something: tokens take milliseconds there; the tiny one elsewhere).
 
 1. The official openai client, unchanged: ``stream=True`` chunks join to the buffered greedy
    answer, the finish_reason comes in the last choice chunk, usage (include_usage) counts what
@@ -11,6 +12,7 @@ over its HTTP server by the streaming function's own handler code.
 5. The AWS side: the streaming function's Runtime API loop (its exec wrapper, in a process of
    its own) against a Runtime API that speaks Lambda's protocol: REST API proxy event in,
    the HTTP integration stream out, chunk by chunk; a request Lambda ends stops generating.
+6. `maas chat` prints the answer piece by piece as it arrives.
 """
 
 from __future__ import annotations
@@ -106,11 +108,11 @@ def stream_log() -> Iterator[StreamLog]:
 
 
 def test_openai_client_streams_what_the_buffered_answer_says(
-    stack: LocalStack, llama: Path
+    stack: LocalStack, slow_llama: Path
 ) -> None:
     client = _client(stack)
     for chat in (False, True):
-        ask: dict[str, Any] = {"model": MODEL, "max_tokens": LONG, "temperature": 0}
+        ask: dict[str, Any] = {"model": SLOW, "max_tokens": LONG, "temperature": 0}
         if chat:
             ask["messages"] = [{"role": "user", "content": "Name a file format."}]
             create: Any = client.chat.completions.create
@@ -177,8 +179,8 @@ def _raw_stream(
     return head, reads, t0
 
 
-def test_events_arrive_one_by_one_over_the_generation(stack: LocalStack, llama: Path) -> None:
-    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": LONG, "temperature": 0, "stream": True}
+def test_events_arrive_one_by_one_over_the_generation(stack: LocalStack, slow_llama: Path) -> None:
+    body = {"model": SLOW, "prompt": PROMPT, "max_tokens": LONG, "temperature": 0, "stream": True}
     head, reads, _ = _raw_stream(stack, body)
     assert b" 200 " in head.split(b"\r\n")[0]
     assert b"transfer-encoding: chunked" in head.lower()
@@ -200,7 +202,7 @@ def test_events_arrive_one_by_one_over_the_generation(stack: LocalStack, llama: 
 
 
 def test_four_streams_at_once_complete_while_other_routes_answer(
-    stack: LocalStack, llama: Path, iris_model: Any
+    stack: LocalStack, slow_llama: Path, iris_model: Any
 ) -> None:
     client = _client(stack)
     done: list[int] = []
@@ -209,7 +211,7 @@ def test_four_streams_at_once_complete_while_other_routes_answer(
     def one(i: int) -> None:
         try:
             stream = client.completions.create(
-                model=MODEL, prompt=f"{PROMPT} {i}", max_tokens=LONG, temperature=0, stream=True
+                model=SLOW, prompt=f"{PROMPT} {i}", max_tokens=LONG, temperature=0, stream=True
             )
             done.append(sum(1 for _ in stream))
         except BaseException as e:  # a failure is reported, not lost in a thread
