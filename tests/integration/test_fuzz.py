@@ -10,6 +10,7 @@ Checks: no 5xx, status codes, content types, headers and bodies as the document 
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -185,5 +186,7 @@ def test_fuzzing_ran_enough_cases_and_found_nothing(reliability_report: Any) -> 
         seconds=round(time.perf_counter() - Tally.first, 1),  # generation and checks included
     )
     assert server_errors == 0
-    assert len(Tally.operations) == 20
+    methods = {"get", "post", "put", "delete", "patch"}
+    document = json.loads(DOC.read_text())["paths"].values()
+    assert len(Tally.operations) == sum(len(set(ops) & methods) for ops in document)
     assert Tally.cases >= MIN_CASES, f"only {Tally.cases} generated cases ran"
