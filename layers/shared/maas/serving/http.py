@@ -166,7 +166,12 @@ class Router:
         self._errors = errors
 
     def route(self, method: str, path: str) -> Callable[[Callable[..., Response]], Any]:
-        pattern = re.compile("^" + re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", path) + "$")
+        # Literal parts escaped ("/inference.GRPCInferenceService/..." has a dot), <name> captured.
+        parts = re.split(r"<(\w+)>", path)
+        regex = "".join(
+            f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts)
+        )
+        pattern = re.compile(f"^{regex}$")
 
         def register(handler: Callable[..., Response]) -> Callable[..., Response]:
             self.routes.append(Endpoint(method, path, pattern, handler))
