@@ -230,10 +230,8 @@ def cmd_push_training_code(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="maas", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _local_commands(sub: Any) -> None:
+    """`maas local up|status|logs`: the emulator's commands (maas_local, imported on use)."""
     local = sub.add_parser("local", help="the embedded local stack")
     local_sub = local.add_subparsers(dest="local_command", required=True)
     up = local_sub.add_parser("up", help="start the local stack in the foreground")
@@ -252,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--workdir", default=".maas/local")
     lg.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     lg.set_defaults(func=cmd_local_logs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="maas", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    _local_commands(sub)
 
     u = sub.add_parser("upload", help="upload a dataset (starts a training run)")
     u.add_argument("file")

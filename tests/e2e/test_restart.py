@@ -199,3 +199,13 @@ def test_a_trained_model_survives_sigint_and_sigkill_and_the_next_upload_is_the_
         assert "iris" in status.stdout and "2 READY" in status.stdout
         _stop(stack, signal.SIGTERM)
         assert stack.proc.returncode == 0
+
+    # AND the functions' structured logs and metrics are in the log file, not the terminal
+    logs = subprocess.run(
+        [str(MAAS), "local", "logs", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert logs.returncode == 0
+    assert '"ColdStart"' in logs.stdout and '"ingest outcome"' in logs.stdout
