@@ -28,7 +28,6 @@ import json
 import struct
 import time
 import urllib.parse
-import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -40,11 +39,11 @@ from maas import __version__
 from maas.serving import grpc_predict_v2_pb2 as pb
 from maas.serving.http import (
     LAMBDA_PAYLOAD_BYTES,
-    PayloadTooLarge,
     ProtocolError,
     Request,
     Response,
     error_response,
+    inflate,
 )
 from maas.serving.oip import (
     MAX_BYTES_ELEMENT,
@@ -374,14 +373,7 @@ def _unframe(data: bytes, encoding: str) -> bytes:
         return message
     if encoding not in ("gzip", "deflate"):
         raise RpcError("unimplemented", f"grpc-encoding {encoding!r} is not supported")
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
-    try:
-        out = inflater.decompress(message, LAMBDA_PAYLOAD_BYTES + 1)
-    except zlib.error:
-        raise ProtocolError(f"gRPC-Web message is not valid {encoding} data") from None
-    if len(out) > LAMBDA_PAYLOAD_BYTES or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed message exceeds {LAMBDA_PAYLOAD_BYTES} bytes")
-    return out
+    return inflate(message, encoding, LAMBDA_PAYLOAD_BYTES, "gRPC-Web message")
 
 
 def _parse(data: bytes, message: Message, wire: Wire) -> Message:
