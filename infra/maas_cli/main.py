@@ -154,7 +154,26 @@ def cmd_versions(args: argparse.Namespace) -> int:
         return 1
     for v in doc["versions"]:
         print(_version_line(v, canary_weight=doc["canary_weight"]))
+        if args.candidates:
+            for line in candidate_lines(v.get("metrics", {}).get("candidates") or []):
+                print(f"      {line}")
     return 0
+
+
+def candidate_lines(candidates: list[dict[str, Any]]) -> list[str]:
+    """What each candidate measured: quality against the unpruned fp32 model, latency, size."""
+    out = []
+    for c in candidates:
+        quality = " ".join(f"{k}={v:.4f}" for k, v in (c.get("quality") or {}).items())
+        mark = "<- served" if c.get("served") else ("" if c.get("passed_gate") else "failed gate")
+        if c.get("error"):
+            mark = f"error: {str(c['error'])[:60]}"
+        out.append(
+            f"{c['name']:<44} {c.get('size_bytes', 0) / 2**20:>8.2f} MiB  {quality:<44} "
+            f"batch1 {c.get('batch1_p50_ms', 0):.3f} ms  batchN {c.get('batchN_p50_ms', 0):.3f} ms"
+            f"  {mark}"
+        )
+    return out
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -268,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list models").set_defaults(func=cmd_models)
     v = sub.add_parser("versions", help="list a model's versions")
     v.add_argument("model")
+    v.add_argument(
+        "--candidates",
+        action="store_true",
+        help="also list what each optimizer candidate measured (compressed ones included)",
+    )
     v.set_defaults(func=cmd_versions)
 
     w = sub.add_parser("wait", help="wait until the latest run is promoted or failed")

@@ -94,7 +94,8 @@ def test_finetune_recipe_tunes_the_pretrained_encoder_from_channel_base(tmp_path
         tmp_path,
         frame,
         {"task": "text-classification", "recipe": "finetune", "text": "sentence",
-         "label": "topic", "epochs": 2, "max_length": 32, "batch_size": 16},
+         "label": "topic", "epochs": 2, "max_length": 32, "batch_size": 16,
+         "compress_candidates": 2, "compress_seconds": 30},
         SM_CHANNEL_BASE=str(minilm_folder()),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -110,6 +111,14 @@ def test_finetune_recipe_tunes_the_pretrained_encoder_from_channel_base(tmp_path
     feeds = textprep.load_encoder(spec, model_dir).encode(["Return the mean of the data."])
     probs, labels = _onnx(model_dir / "model.onnx", feeds)
     assert probs.shape == (1, 2) and labels[0] in ("email", "numbers")
+    # AND its compression candidates: 4 of 6 layers, and half the FFN channels, distilled
+    entries = json.loads((model_dir / contract.COMPRESSED_FILE).read_text())
+    assert [e["name"] for e in entries] == ["layers-4", "ffn-50"]
+    for e in entries:
+        assert e["parameters"] < e["teacher_parameters"] and e["distillation"]["steps"] > 0
+        assert e["distillation"]["loss_kind"] == "logits"
+        student_probs, student_labels = _onnx(model_dir / e["file"], feeds)
+        assert student_probs.shape == (1, 2) and student_labels[0] in ("email", "numbers")
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maas_training import log
+from maas_training import compress, log
 from maas_training.config import Paths
 from maas_training.export import ExportInfo, export_model, metadata_for, verify
 from maas_training.model import Probabilities
@@ -219,6 +219,33 @@ def export_trained(
     return info, float((probs.argmax(axis=1) == data.y[test]).mean())
 
 
+def compress_trained(
+    s: Session, recipe: TrainedRecipe, data: Encoded, hp: Any, model: nn.Module
+) -> list[contract.Compressed]:
+    """Students of the chosen model, distilled on the training rows it was fitted on."""
+    train_rows = data.split.train
+    x = trim(data.x[train_rows], data.pad_id)
+    check = trim(data.x[data.split.validation][:CHECK_ROWS], data.pad_id)
+    metadata = {**metadata_for(hp.task, hp.recipe, data.class_names), **data.metadata}
+
+    def export(student: nn.Module, path: Any) -> None:
+        export_model(
+            Probabilities(student),
+            path,
+            feeds={data.input_name: check},
+            output_name=contract.PROBABILITIES_OUTPUT,
+            class_names=data.class_names,
+            metadata=metadata,
+            sequence=data.pad_id is not None,
+            max_abs_diff=recipe.max_abs_diff,
+        )
+
+    lengths = None if data.pad_id is None else (x != data.pad_id).sum(axis=1)
+    return compress.compress(
+        model, (x,), hp, export, s.paths.model_dir, kind="logits", lengths=lengths
+    )
+
+
 def train_metrics(
     hp: Any, data: Encoded, s: Session, fits: list[Candidate], best: Candidate, scores: Scores
 ) -> dict[str, Any]:
@@ -308,11 +335,13 @@ def finish_trained(
     scores = score(model, data.x[test], data.y[test], recipe.eval_batch)
     log.metric_line(test_accuracy=scores.accuracy, test_loss=scores.loss)
     info, onnx_accuracy = export_trained(s, recipe, data, hp, model, scores)
+    compressed = compress_trained(s, recipe, data, hp, model)
     metrics = {
         **train_metrics(hp, data, s, fits, best, scores),
         "onnx_test_accuracy": onnx_accuracy,
         "refit_epochs": refit_epochs,
         **export_metrics(info),
+        "compression": compressed,
         "total_seconds": round(time.perf_counter() - t_start, 3),
         "history": best.result.history,
     }
@@ -358,6 +387,34 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(np.sum(a64 * b64, axis=1) / np.where(den == 0, 1.0, den))
 
 
+def compress_pretrained(
+    paths: Paths, hp: Any, m: Pretrained, recipe: PretrainedRecipe
+) -> list[contract.Compressed]:
+    """Students of an imported encoder, distilled on texts other than the gate's sample."""
+    if m.distill_feeds is None:
+        compress.write_index(paths.model_dir, [])
+        return []
+
+    def export(student: nn.Module, path: Any) -> None:
+        export_model(
+            student,
+            path,
+            feeds=m.feeds,
+            output_name=m.output_name,
+            class_names=m.labels,
+            metadata=metadata_for(hp.task, hp.recipe, m.labels),
+            prefer=recipe.prefer,
+            sequence=True,
+        )
+
+    kind = "cosine" if m.labels is None else "probabilities"
+    inputs = tuple(m.distill_feeds.values())
+    lengths = m.distill_feeds["attention_mask"].sum(axis=1)
+    return compress.compress(
+        m.module, inputs, hp, export, paths.model_dir, kind=kind, lengths=lengths
+    )
+
+
 def run_pretrained(paths: Paths, hp: Any, recipe: PretrainedRecipe) -> dict[str, Any]:
     """A pretrained model exported as it is: fp32 ONNX (ids in) + the tokenizer that serves it."""
     t_start = time.perf_counter()
@@ -374,6 +431,7 @@ def run_pretrained(paths: Paths, hp: Any, recipe: PretrainedRecipe) -> dict[str,
     )
     cos = cosine_rows(info.outputs, info.reference)
     log.metric_line(onnx_cosine_mean=float(cos.mean()), onnx_cosine_min=float(cos.min()))
+    compressed = compress_pretrained(paths, hp, m, recipe)
     dim = int(info.reference.shape[1])
     outputs = (
         [{"name": m.output_name, "datatype": "FP32", "shape": [-1, dim]}]
@@ -388,6 +446,7 @@ def run_pretrained(paths: Paths, hp: Any, recipe: PretrainedRecipe) -> dict[str,
         "onnx_cosine_mean": float(cos.mean()),
         "onnx_cosine_min": float(cos.min()),
         **export_metrics(info),
+        "compression": compressed,
         "total_seconds": round(time.perf_counter() - t_start, 3),
         "hyperparameters": hp.as_dict(),
     }

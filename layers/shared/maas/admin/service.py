@@ -76,7 +76,8 @@ class VersionInfo(BaseModel):
     reason: str
     recipe: str | None
     metrics: dict[str, Any] = Field(
-        description="Served quality (accuracy, ...), latency_ms, sizes, from the optimizer."
+        description="Served quality (accuracy, ...), latency_ms, sizes, from the optimizer; "
+        "candidates: what each candidate measured (compression candidates included)."
     )
 
 
@@ -126,7 +127,8 @@ def version_info(record: VersionRecord, alias: Alias | None) -> VersionInfo:
     elif alias is not None and alias.canary_version == record.version:
         role = "canary"
     metrics: dict[str, Any] = dict(s.get("served_quality") or {})
-    for key in ("fp32_test_accuracy", "latency_ms", "size_bytes", "fp32_size_bytes", "plot"):
+    keys = ("fp32_test_accuracy", "latency_ms", "size_bytes", "fp32_size_bytes", "plot")
+    for key in (*keys, "candidates"):
         if s.get(key) is not None:
             metrics[key] = s[key]
     return VersionInfo(

@@ -22,6 +22,11 @@ model dir (inside model.tar.gz):
   text.json         text models: the encoder spec (maas/serving/textprep.py) that turns the BYTES
                     input into the graph's inputs, in training and in serving alike.
   tokenizer.json    text models built on a Hugging Face tokenizer.
+  compressed.json   compression candidates (``Compressed`` below): smaller students of the same
+                    model (fewer layers or FFN channels, narrower MLP layers), healed by
+                    distillation against it, each an fp32 graph with model.onnx's interface
+                    under compressed/<name>.onnx. Absent or [] when the job made none. The
+                    optimizer treats each as another base, gated against model.onnx.
 
 Served version (models/<model>/<version>/): model.onnx, manifest.json (``Manifest``), and for
 text models text.json (+ tokenizer.json), each sha256-listed in the manifest; training.png when
@@ -44,6 +49,8 @@ PLOT_FILE = "training.png"
 TEXT_SPEC_FILE = "text.json"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
+COMPRESSED_FILE = "compressed.json"
+COMPRESSED_DIR = "compressed"
 # What every model dir holds; the rest is per task.
 REQUIRED_MODEL_FILES = (MODEL_FILE, SAMPLE_FILE, METRICS_FILE, LABELS_FILE, SCHEMA_FILE)
 
@@ -87,6 +94,17 @@ class Schema(TypedDict):
     features: NotRequired[list[str]]
     graph_inputs: NotRequired[list[str]]
     transformer: NotRequired[Transformer]
+
+
+class Compressed(TypedDict):
+    """One entry of compressed.json: a student graph and how it was made."""
+
+    name: str  # e.g. "layers-4", "ffn-50", "hidden-64": the optimizer's base name
+    file: str  # relative to the model dir: compressed/<name>.onnx
+    how: str  # what was removed, and how it was healed
+    parameters: int
+    teacher_parameters: int
+    distillation: dict[str, Any]  # steps, seconds, loss, and its held-out agreement or cosine
 
 
 class TextFiles(TypedDict):
@@ -186,6 +204,10 @@ HYPERPARAMETERS: dict[str, int | float] = {
     "embedding_dim": 64,
     "buckets": 1 << 16,
     "max_length": 128,
+    # Compression candidates (compressed.json): how many students at most (0: none), and the
+    # seconds their distillation may take in all.
+    "compress_candidates": 2,
+    "compress_seconds": 240,
 }
 # Defaults that differ by recipe, applied to the knobs a job does not set (a transformer
 # fine-tune wants a few epochs at a small learning rate, not the tabular 200 at 1e-3).

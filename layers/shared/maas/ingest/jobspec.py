@@ -40,10 +40,19 @@ HYPERPARAMETER_BOUNDS: dict[str, dict[str, Any]] = {
     "embedding_dim": {"ge": 1, "le": 4096},
     "buckets": {"ge": 2, "le": 1 << 24},
     "max_length": {"ge": 2, "le": 8192},
+    # Compression candidates: at most 8 students, distilled for at most a day in all.
+    "compress_candidates": {"ge": 0, "le": 8},
+    "compress_seconds": {"ge": 1, "le": 86_400},
 }
 # Text-recipe knobs a job.json leaves unset stay unsent: the training job applies the contract's
 # defaults (and the recipe's) itself.
-UNSENT_UNLESS_SET = ("embedding_dim", "buckets", "max_length")
+UNSENT_UNLESS_SET = (
+    "embedding_dim",
+    "buckets",
+    "max_length",
+    "compress_candidates",
+    "compress_seconds",
+)
 
 
 def _hyperparameter(name: str, default: int | float) -> Any:
