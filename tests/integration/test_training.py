@@ -604,7 +604,9 @@ def test_a_new_recipe_is_its_data_and_its_model_and_nothing_else(
         *contract.REQUIRED_MODEL_FILES,
         contract.CALIBRATION_FILE,
         contract.PLOT_FILE,
+        contract.COMPRESSED_FILE,  # [] here: a model family of its own gets no students
     }
+    assert json.loads((model_dir / contract.COMPRESSED_FILE).read_text()) == []
     assert metrics["test_accuracy"] >= 0.9 and metrics["refit_epochs"] >= 1
     assert metrics["onnx_test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     schema = json.loads((model_dir / contract.SCHEMA_FILE).read_text())
