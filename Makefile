@@ -9,7 +9,7 @@ CHECKOV := $(VENV)/checkov/.installed
 CHECKOV_VERSION ?= 3.3.30
 GRPC := $(VENV)/grpc/.installed
 
-.PHONY: setup sam kserve checkov grpc reliability-table demo test unit integration e2e test-fast lint typecheck local build validate openapi clean bench
+.PHONY: setup sam kserve checkov grpc reliability-table demo test unit integration e2e test-fast lint typecheck local build validate openapi clean bench bench-generation llamacpp
 
 setup: $(VENV)/.installed
 
@@ -80,6 +80,20 @@ e2e: setup kserve grpc
 # bench/results.md, the plots the README shows and bench/baseline.json (the regression check's).
 bench: setup sam
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.generation
+
+# llama.cpp for bench/generation.py's comparison: llama-cpp-python builds from source (cmake,
+# a few minutes on 2 cores), with the gguf writer, in an environment of its own.
+LLAMACPP := $(VENV)/llamacpp/.installed
+llamacpp: $(LLAMACPP)
+$(LLAMACPP):
+	$(PYTHON) -m venv $(VENV)/llamacpp
+	$(VENV)/llamacpp/bin/python -m pip install -q 'llama-cpp-python==0.3.36' 'gguf==0.19.0' 'safetensors==0.8.0'
+	touch $@
+
+# Text generation alone (bench/generation.py): served loop vs transformers, one thread.
+bench-generation: setup
+	$(BIN)/python -m bench.generation
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not e2e"

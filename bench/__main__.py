@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import coldstart, cost, grpc, models, overhead, package, quantization, report, warm
+from . import coldstart, cost, grpc, models, overhead, package, quantization, report, tables, warm
 from . import session_options as so
 from . import throughput as tp
 from .common import BENCH, OUT, REPO, infer_event, loadavg, machine, now_iso, write_json
@@ -244,6 +244,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # -------------------------------------------------------------- regression probe
     log("handler overhead probe (the regression check's measurement)")
     results["overhead_probe"] = overhead.probe()
+    log("tables: per-column requests through the handler, trees vs MLP")
+    results["tables"] = tables.run(work / "tables", pairs=1000 if quick else 3000)
 
     # -------------------------------------------------------------- package size
     if args.skip_package:
@@ -304,6 +306,14 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             1.0,
         ),
     ]
+    if "tables" in r:
+        out.append(
+            _target(
+                "Handler overhead over session.run, per-column table (weather) batch 1 (ms)",
+                r["tables"]["overhead"]["batch1"]["overhead_ms"],
+                1.0,
+            )
+        )
     pkg = r.get("package", {})
     if "functions" in pkg:
         size = pkg["functions"]["InferenceFunction"]["total_bytes"] / package.MIB

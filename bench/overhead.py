@@ -16,7 +16,8 @@ import gc
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,15 +79,15 @@ def measure(handler: Any, event: dict[str, Any], session: Any, feeds: Any, pairs
     }
 
 
-def probe(pairs: int = 3000) -> dict[str, Any]:
-    """The regression check's measurement, in moto (no server): see the module docstring."""
+@contextmanager
+def moto_account() -> Iterator[None]:
+    """moto with the stack's bucket and table, and the inference handler's environment."""
     import os
     import tempfile
 
     import boto3
     import moto
-    import numpy as np
-    from maas_devkit import account, lambda_runtime, models, publish
+    from maas_devkit import account
 
     saved = dict(os.environ)
     tmp = tempfile.mkdtemp(prefix="maas-overhead-")
@@ -107,28 +108,37 @@ def probe(pairs: int = 3000) -> dict[str, Any]:
     try:
         with moto.mock_aws():
             account.create_resources(boto3.client)  # the stack's bucket and table, as tests do
-            clf, x = models.train_tiny_classifier("digits")
-            from maas.core.registry import Registry
-            from maas.core.storage import Storage
-
-            publish.publish_model(
-                Registry(account.REGISTRY_TABLE),
-                Storage(),
-                "digits",
-                1,
-                clf.onnx_bytes(),
-                promote=True,
-            )
-            app = lambda_runtime.load_handler("inference")
-            row = x[:1].astype(np.float32)
-            event = infer_event("digits", models.infer_body(row))
-            first = app.lambda_handler(event, None)
-            assert first["statusCode"] == 200, first["body"]
-            session = app.store().get("digits", None).session
-            return measure(app, event, session, {"input": row}, pairs)
+            yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def probe(pairs: int = 3000) -> dict[str, Any]:
+    """The regression check's measurement, in moto (no server): see the module docstring."""
+    import numpy as np
+    from maas_devkit import account, lambda_runtime, models, publish
+
+    with moto_account():
+        clf, x = models.train_tiny_classifier("digits")
+        from maas.core.registry import Registry
+        from maas.core.storage import Storage
+
+        publish.publish_model(
+            Registry(account.REGISTRY_TABLE),
+            Storage(),
+            "digits",
+            1,
+            clf.onnx_bytes(),
+            promote=True,
+        )
+        app = lambda_runtime.load_handler("inference")
+        row = x[:1].astype(np.float32)
+        event = infer_event("digits", models.infer_body(row))
+        first = app.lambda_handler(event, None)
+        assert first["statusCode"] == 200, first["body"]
+        session = app.store().get("digits", None).session
+        return measure(app, event, session, {"input": row}, pairs)
 
 
 def baseline() -> dict[str, Any]:

@@ -90,8 +90,41 @@ def markdown(r: dict[str, Any]) -> str:
             f"{'met' if t['met'] else '**not met**'} |"
         )
     lines += _cold(r) + _warm(r) + _throughput(r) + _quantization(r) + _package(r)
-    lines += _cost(r) + _pipeline(r) + _session_options(r) + _probe(r)
+    lines += _cost(r) + _pipeline(r) + _session_options(r) + _probe(r) + _tables(r)
     return "\n".join(lines) + "\n"
+
+
+def _tables(r: dict[str, Any]) -> list[str]:
+    t = r.get("tables")
+    if not t:
+        return []
+    lines = [
+        "",
+        "## Tables (bench/tables.py)",
+        "",
+        f"{t['table']} seattle-weather, one OIP input per column (strings, numbers, nulls), "
+        "the column transforms run in the handler; bare: session.run on the encoded features.",
+        "",
+        "| batch | handler p50 (ms) | bare session.run p50 (ms) | overhead (ms) |",
+        "|---|---|---|---|",
+    ]
+    for batch, o in t["overhead"].items():
+        lines.append(
+            f"| {batch.removeprefix('batch')} | {o['handler_p50_ms']:.3f} | "
+            f"{o['bare_p50_ms']:.3f} | {o['overhead_ms']:.3f} |"
+        )
+    tv = t["trees_vs_mlp"]
+    lines += [
+        "",
+        "| model | size (KiB) | batch 1 p50 (ms) | batch 100 p50 (ms) | test accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for m in ("mlp", "trees"):
+        lines.append(
+            f"| {m} | {tv['size_bytes'][m] / 1024:.1f} | {tv['latency_ms']['batch1'][m]:.3f} | "
+            f"{tv['latency_ms']['batch100'][m]:.3f} | {tv['test_accuracy'][m]:.4f} |"
+        )
+    return lines
 
 
 def _cold(r: dict[str, Any]) -> list[str]:

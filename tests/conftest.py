@@ -32,14 +32,6 @@ TRAINING_IMAGE = (
 TRAINING_CODE_S3 = f"s3://{account.ARTIFACT_BUCKET}/code/training.tar.gz"
 
 
-@functools.cache
-def stack_template() -> dict[str, Any]:
-    """template.yaml, read once per test session (moto accounts are built from it)."""
-    from maas_devkit.cfn import load_template
-
-    return load_template()
-
-
 # --- AWS ----------------------------------------------------------------------------------
 
 
@@ -140,7 +132,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsAccount]
             name: boto3.client(name, region_name=repo.REGION)  # type: ignore[call-overload]
             for name in ("s3", "sqs", "dynamodb")
         }
-        res = account.create_resources(clients.__getitem__, stack_template())
+        res = account.create_resources(clients.__getitem__, account.stack_template())
         # As template.yaml gives the ingest function: permanent failures go straight here.
         monkeypatch.setenv("INGEST_DLQ_URL", res.urls["IngestDLQ"])
         yield AwsAccount(
@@ -245,3 +237,27 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+# --- the unit tier is pure ---------------------------------------------------------------------
+
+UNIT_DIR = TESTS_DIR / "unit"
+
+
+@pytest.fixture(autouse=True)
+def pure_unit_tier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In tests/unit a subprocess or a connection (loopback too) fails the test: it belongs
+    in tests/integration."""
+    if UNIT_DIR not in Path(str(request.path)).parents:
+        return
+    import subprocess
+
+    def no_subprocess(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("unit tests start no subprocess: move this test to integration")
+
+    def no_connect(self: socket.socket, address: Any) -> Any:
+        raise RuntimeError(f"unit tests use no network (tried {address!r}): integration")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_subprocess)
+    monkeypatch.setattr(socket.socket, "connect", no_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", no_connect)

@@ -32,6 +32,7 @@ store = serving.store
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    serving.context = context  # its remaining time bounds a generation
     try:
         return app.resolve(event, serving).to_event()
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,33 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from maas_cli.predictions import download, submit, wait_summary
+
+    stack = connect()
+    started = time.time()
+    key = submit(stack, Path(args.file), args.model, args.version)
+    print(f"uploaded {args.file} to score with {args.model!r}; waiting for {key}")
+    try:
+        summary = wait_summary(stack, key, args.timeout, started)
+    except TimeoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if summary.get("error"):
+        print(f"error: {summary['error']}", file=sys.stderr)
+        return 1
+    print(
+        f"scored {summary['scored']} of {summary['rows']} rows with v{summary['version']} "
+        f"in {summary['chunks']} chunk(s), {summary['seconds']:.1f} s; "
+        f"{summary['errors']} row(s) in {summary['errors_file']}"
+    )
+    print(f"output: {summary['output']}")
+    if args.out:
+        download(stack, summary["output"], Path(args.out))
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     stack = connect()
     try:
@@ -94,6 +122,8 @@ def _version_line(v: dict[str, Any], prod: int | None = None, canary_weight: flo
         parts.append(f"recipe={recipe}")
     if acc is not None:
         parts.append(f"accuracy={acc:.4f}")
+    if metrics.get("r2") is not None:
+        parts.append(f"r2={metrics['r2']:.4f}")
     if metrics.get("cosine_mean") is not None:
         parts.append(f"cosine={metrics['cosine_mean']:.4f}")
     if size and fp32:
@@ -154,6 +184,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
         return 1
     for v in doc["versions"]:
         print(_version_line(v, canary_weight=doc["canary_weight"]))
+        for line in model_candidate_lines(v.get("metrics") or {}):
+            print(line)
         if args.candidates:
             for line in candidate_lines(v.get("metrics", {}).get("candidates") or []):
                 print(f"      {line}")
@@ -161,7 +193,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def candidate_lines(candidates: list[dict[str, Any]]) -> list[str]:
-    """What each candidate measured: quality against the unpruned fp32 model, latency, size."""
+    """The optimizer's candidates: quality against the unpruned fp32 model, latency, size."""
     out = []
     for c in candidates:
         quality = " ".join(f"{k}={v:.4f}" for k, v in (c.get("quality") or {}).items())
@@ -174,6 +206,23 @@ def candidate_lines(candidates: list[dict[str, Any]]) -> list[str]:
             f"  {mark}"
         )
     return out
+
+
+def model_candidate_lines(metrics: dict[str, Any]) -> list[str]:
+    """The model candidates the training job compared (tables), one line each."""
+    lines = []
+    candidates = metrics.get("model_candidates") or []
+    if candidates:
+        lines.append(f"      model candidates ({metrics.get('selection') or 'validation split'}):")
+    for c in candidates:
+        score = next((f"{k}={c[k]:.4f}" for k in ("val_accuracy", "val_r2") if k in c), "")
+        parts = [f"        {c.get('candidate', '?'):<34}", f"val_loss={c['val_loss']:.4f}", score]
+        if c.get("size_bytes") is not None:
+            parts.append(f"size={c['size_bytes'] / 1024:.1f}KiB")
+        if c.get("latency_ms_batch1") is not None:
+            parts.append(f"batch1={c['latency_ms_batch1']:.3f}ms")
+        lines.append("  ".join(p for p in parts if p))
+    return lines
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -220,6 +269,34 @@ def cmd_audit(args: argparse.Namespace) -> int:
     for e in doc["entries"]:
         print(f"{e['at']}  {e['action']:<18} {e['actor']}  {e['detail']}")
     return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from maas_cli.generate import generate
+
+    return generate(connect(), args.model, args.prompt, args, sys.stdout)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from maas_cli.generate import chat
+
+    return chat(connect(), args.model, args, input, sys.stdout)
+
+
+def _generation_commands(sub: Any) -> None:
+    """`maas generate` and `maas chat` (text-generation models, over /v1)."""
+    g = sub.add_parser("generate", help="complete a prompt with a text-generation model")
+    g.add_argument("model")
+    g.add_argument("prompt")
+    ch = sub.add_parser("chat", help="chat with a text-generation model (empty line ends)")
+    ch.add_argument("model")
+    ch.add_argument("--system", help="a system message first")
+    for p in (g, ch):
+        p.add_argument("--max-tokens", type=int, default=64)
+        p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+        p.add_argument("--seed", type=int)
+    g.set_defaults(func=cmd_generate)
+    ch.set_defaults(func=cmd_chat)
 
 
 def _weight(text: str) -> float:
@@ -275,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maas", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     _local_commands(sub)
+    _generation_commands(sub)
 
     u = sub.add_parser("upload", help="upload a dataset (starts a training run)")
     u.add_argument("file")
@@ -283,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--run", help="upload as a run folder datasets/<model>/<run>/ with a job.json")
     u.add_argument("--job", help="a job.json file with the run's settings (implies a run folder)")
     u.set_defaults(func=cmd_upload)
+
+    bp = sub.add_parser("predict", help="score a CSV/JSONL file with a model (batch predictions)")
+    bp.add_argument("file")
+    bp.add_argument("--model", required=True)
+    bp.add_argument("--version", type=int, help="a version by number (default: prod)")
+    bp.add_argument("--out", help="download the scored file here")
+    bp.add_argument("--timeout", type=float, default=900)
+    bp.set_defaults(func=cmd_predict)
 
     sub.add_parser("models", help="list models").set_defaults(func=cmd_models)
     v = sub.add_parser("versions", help="list a model's versions")
@@ -362,6 +448,8 @@ def _explained(e: Exception) -> str:
         )
     if isinstance(e, ClientError | BotoCoreError):
         return f"{e} (is the stack running, and are your AWS credentials for it?)"
+    if type(e).__name__ == "GenerateError":
+        return str(e)
     if isinstance(e, StackNotFound | FileNotFoundError | PermissionError | ValueError):
         return str(e)
     if type(e).__name__ in ("StackRunning", "PortInUse"):  # the local stack's own refusals

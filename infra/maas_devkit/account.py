@@ -7,6 +7,7 @@ read from the template, and S3's notifications go to the ingest queue as on AWS.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -76,6 +77,12 @@ class Resources:
                 ref = value["Ref"]
                 return self.urls.get(ref) or self.names.get(ref, ref)
         return value
+
+
+@functools.cache
+def stack_template() -> dict[str, Any]:
+    """template.yaml, read once per process (tests build a moto account from it per test)."""
+    return load_template()
 
 
 def create_resources(

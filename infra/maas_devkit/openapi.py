@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from maas import __version__
+from maas.serving import generateschema as gen
 from maas.serving import oip
 from maas.serving.api import GRPC_METHODS, GRPC_SERVICE
 from maas.serving.http import ERRORS
@@ -61,6 +62,7 @@ class Operation:
     response: type[BaseModel]
     request: type[BaseModel] | None = None
     errors: tuple[int, ...] = (404,)
+    error_model: type[BaseModel] = oip.ErrorResponse
 
     @property
     def binary(self) -> bool:
@@ -99,6 +101,29 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "POST", f"{_V}/infer", "modelVersionInfer", "Inference on one version",
         oip.InferenceResponse, oip.InferenceRequest, (400, 404, 413, 503),
+    ),
+    Operation(
+        "POST", "/v2/models/{model}/generate", "modelGenerate",
+        "OIP generate extension (text generation, buffered) on prod or the canary",
+        gen.GenerateResponse, gen.GenerateRequest, (400, 404, 503),
+    ),
+    Operation(
+        "POST", f"{_V}/generate", "modelVersionGenerate", "OIP generate on one version",
+        gen.GenerateResponse, gen.GenerateRequest, (400, 404, 503),
+    ),
+    Operation(
+        "GET", "/v1/models", "openaiListModels", "OpenAI: the text-generation models in prod",
+        gen.OpenAIModelList, None, (503,), gen.OpenAIErrorResponse,
+    ),
+    Operation(
+        "POST", "/v1/completions", "openaiCompletions", "OpenAI completions (buffered)",
+        gen.CompletionResponse, gen.CompletionRequest, (400, 404, 503), gen.OpenAIErrorResponse,
+    ),
+    Operation(
+        "POST", "/v1/chat/completions", "openaiChatCompletions",
+        "OpenAI chat completions (buffered), rendered with the model's chat template",
+        gen.ChatCompletionResponse, gen.ChatCompletionRequest, (400, 404, 503),
+        gen.OpenAIErrorResponse,
     ),
 )  # fmt: skip
 
@@ -245,7 +270,7 @@ def admin_document() -> dict[str, Any]:
 def _schemas() -> dict[str, Any]:
     models: list[type[BaseModel]] = [oip.ErrorResponse]
     for op in OPERATIONS:
-        models.extend(m for m in (op.response, op.request) if m is not None)
+        models.extend(m for m in (op.response, op.request, op.error_model) if m is not None)
     unique = list(dict.fromkeys(models))
     _, doc = models_json_schema(
         [(m, "validation") for m in unique], ref_template="#/components/schemas/{model}"
@@ -317,7 +342,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     for code in op.errors:
         responses[str(code)] = {
             "description": ERRORS[code],
-            "content": {"application/json": {"schema": _ref(oip.ErrorResponse)}},
+            "content": {"application/json": {"schema": _ref(op.error_model)}},
         }
     out["responses"] = responses
     # What the stack's InferenceAuth parameter chose (admin operations are always IAM).

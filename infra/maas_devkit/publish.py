@@ -39,6 +39,7 @@ def publish_model(
         "task": "classification",
         "platform": "onnxruntime_onnx",
         "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "size_bytes": len(onnx_bytes),
         "created_at": datetime.now(UTC).isoformat(),
         "training_job": "",
     }

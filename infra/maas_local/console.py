@@ -103,7 +103,8 @@ class Console:
         hp = request.get("HyperParameters", {})
         recipe = _hp(hp, "recipe") or "default recipe"
         self._print(
-            f"job started      {model} v{version}: {_hp(hp, 'task') or 'classification'}, "
+            # No task in job.json: a table, whose label decides (the job's log says which).
+            f"job started      {model} v{version}: {_hp(hp, 'task') or 'table'}, "
             f"{recipe} ({request['TrainingJobName']})"
         )
 
@@ -189,7 +190,7 @@ def _candidate(c: dict[str, Any], manifest: dict[str, Any]) -> str:
     quality = c.get("quality") or {}
     latency = c.get("latency_ms") or {}
     parts = [f"{c['recipe']:<40}", f"{c.get('size_bytes', 0) / 1024:9.1f} KiB"]
-    for key, label in (("accuracy", "accuracy"), ("cosine_mean", "cosine")):
+    for key, label in (("accuracy", "accuracy"), ("r2", "R^2"), ("cosine_mean", "cosine")):
         if quality.get(key) is not None:
             parts.append(f"{label} {quality[key]:.4f}")
     if latency.get("batch1_p50") is not None:

@@ -218,10 +218,14 @@ class LocalStack:
             timeout_s=30,
             exclusive=threading.Lock(),
         )
+        # Batch predictions: chunk messages fan out over these containers, as over Lambda's.
+        predict = FunctionPool(self.cfg.functions_dir, "predict", size=2, timeout_s=300)
         self.runner = TrainingRunner(self, optimize, self.console)
         self._recover()
         self._spawn("state-saver", self._save_changes)
         self._spawn("ingest-poller", self._poll_ingest, ingest)
+        for i in range(2):
+            self._spawn(f"predict-poller-{i}", self._poll_predict, predict)
         for i in range(self.cfg.training_workers):
             self._spawn(f"training-runner-{i}", self.runner.serve, self._stop)
         iam = IamPolicy(
@@ -316,6 +320,7 @@ class LocalStack:
             "RegistryTableName": self.names.get("RegistryTable", ""),
             "IngestQueueUrl": self.urls.get("IngestQueue", ""),
             "IngestDLQUrl": self.urls.get("IngestDLQ", ""),
+            "PredictQueueUrl": self.urls.get("PredictQueue", ""),
             "LocalTrainingQueueUrl": self.urls[LOCAL_TRAINING_QUEUE_ID],
         }
         # Publish the outputs where the CLI looks for a deployed stack's: CloudFormation.
@@ -348,6 +353,7 @@ class LocalStack:
             "TRAINING_BACKEND": "local",
             "LOCAL_TRAINING_QUEUE_URL": self.outputs["LocalTrainingQueueUrl"],
             "INGEST_DLQ_URL": self.outputs["IngestDLQUrl"],
+            "PREDICT_QUEUE_URL": self.outputs["PredictQueueUrl"],
             "TRAINING_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/{self.cfg.stack_name}-training",
             "TRAINING_IMAGE": "local",
             "TRAINING_CODE_S3": f"file://{self.cfg.training_entry.parent}",
@@ -431,14 +437,32 @@ class LocalStack:
     # --- Lambda's SQS event source mapping -----------------------------------------------
 
     def _poll_ingest(self, ingest: FunctionPool) -> None:
+        self._poll("IngestQueue", ingest, 10, self._announce_uploads)
+
+    def _poll_predict(self, predict: FunctionPool) -> None:
+        """PredictQueue -> PredictFunction, one message per invocation (its BatchSize)."""
+        self._poll("PredictQueue", predict, 1)
+
+    def _announce_uploads(self, messages: list[dict[str, Any]]) -> None:
+        for bucket, key in _uploads(messages):
+            self.console.upload_seen(bucket, key)
+
+    def _poll(
+        self,
+        queue_id: str,
+        pool: FunctionPool,
+        batch: int,
+        seen: Any = None,
+    ) -> None:
+        """One SQS event source mapping: receive, invoke, delete what did not fail."""
         sqs = self.client("sqs")
-        url = self.urls["IngestQueue"]
-        arn = self.arns["IngestQueue"]
+        url = self.urls[queue_id]
+        arn = self.arns[queue_id]
         while not self._stop.is_set():
             try:
                 resp = sqs.receive_message(
                     QueueUrl=url,
-                    MaxNumberOfMessages=10,
+                    MaxNumberOfMessages=batch,
                     WaitTimeSeconds=1,
                     AttributeNames=["All"],
                     MessageAttributeNames=["All"],
@@ -446,25 +470,26 @@ class LocalStack:
             except Exception:  # the server is stopping
                 if self._stop.is_set():
                     return
-                log.exception("ingest poll failed")
+                log.exception("%s poll failed", pool.name)
                 time.sleep(1)
                 continue
             messages = resp.get("Messages", [])
             if not messages:
                 continue
-            for bucket, key in _uploads(messages):
-                self.console.upload_seen(bucket, key)
+            if seen is not None:
+                seen(messages)
             event = {"Records": [sqs_record_of(m, arn, self.cfg.region) for m in messages]}
             try:
-                result = ingest.invoke(event) or {}
+                result = pool.invoke(event) or {}
                 failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
             except Exception:
-                log.exception("ingest function failed; the batch will be retried")
+                log.exception("%s function failed; the batch will be retried", pool.name)
                 failed = {m["MessageId"] for m in messages}
             for m in messages:
                 if m["MessageId"] in failed:
                     log.warning(
-                        "ingest message %s failed; SQS will retry it, then dead-letter it",
+                        "%s message %s failed; SQS will retry it, then dead-letter it",
+                        pool.name,
                         m["MessageId"],
                     )
                     continue

@@ -22,7 +22,7 @@ STEPS = [
     r"digits: 1797 real samples; \d+ uploaded for training, \d+ kept back",
     r"local stack up: AWS http://127\.0\.0\.1:\d+, API http://127\.0\.0\.1:\d+",
     r"upload seen +s3://maas-data/datasets/digits/digits\.csv",
-    r"job started +digits v1: classification, ",
+    r"job started +digits v1: table, ",
     r"training +\[[#.]+\] epoch \d+/\d+",
     r"trained +test_accuracy 0\.\d+",
     r"optimizing +maas-digits-",

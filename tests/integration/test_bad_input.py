@@ -42,6 +42,54 @@ def words_model() -> bytes:
     return model.SerializeToString()
 
 
+def penguins() -> tuple[bytes, dict[str, Any]]:
+    """A table model: island (categorical), mass (numeric), seen (datetime) in, one input per
+    column; the graph sums the features (what it computes does not matter here)."""
+    from maas.serving import tableprep as tp
+    from onnx import TensorProto, helper
+
+    columns = [
+        tp.fit_column("island", tp.CATEGORICAL, ["Biscoe", "Dream", "Biscoe", "Dream"], "BYTES"),
+        tp.fit_column("mass", tp.NUMERIC, [3500.0, None, 4200.0, 3900.0], "FP64"),
+        tp.fit_column("seen", tp.DATETIME, ["2024-01-01", "2024-02-01"], "BYTES"),
+    ]
+    spec = tp.make_spec(columns, [])
+    width = tp.TableEncoder(spec).n_features
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["input", "axes"], ["prediction"], keepdims=0)],
+        "penguins",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString(), {"table": spec, "task": "regression"}
+
+
+def columns(**overrides: Any) -> dict[str, Any]:
+    """A good one-row penguins request, with inputs replaced (None: left out) or added."""
+    tensors = {
+        "island": {"name": "island", "shape": [1], "datatype": "BYTES", "data": ["Biscoe"]},
+        "mass": {"name": "mass", "shape": [1], "datatype": "FP64", "data": [None]},
+        "seen": {"name": "seen", "shape": [1], "datatype": "BYTES", "data": ["2024-03-01"]},
+    }
+    for name, tensor in overrides.items():
+        if tensor is None:
+            tensors.pop(name)
+        else:
+            tensors[name] = {"name": name, "shape": [len(tensor[1])], "datatype": tensor[0],
+                             "data": tensor[1]}  # fmt: skip
+    return {"inputs": list(tensors.values())}
+
+
+def penguin(**overrides: Any) -> Request:
+    return post("/v2/models/penguins/infer", columns(**overrides))
+
+
+MEGABYTE = "x" * (1 << 20)
+
+
 @pytest.fixture
 def handler(
     aws: Any,
@@ -54,6 +102,8 @@ def handler(
     publish_model(registry, storage, "iris", 1, iris_model.onnx, promote=True)
     publish_model(registry, storage, "iris", 2, iris_model.onnx, status="TRAINING")
     publish_model(registry, storage, "words", 1, words_model(), promote=True)
+    graph, manifest = penguins()
+    publish_model(registry, storage, "penguins", 1, graph, manifest, promote=True)
     return load_handler("inference")
 
 
@@ -272,6 +322,53 @@ CASES: list[tuple[str, Callable[[], Request], int, str]] = [
         ),
         400,
         "declares",
+    ),
+    # --- a table model: one input per column
+    (
+        "table: a string column sent as numbers",
+        lambda: penguin(island=("FP32", [1.0])),
+        400,
+        "input 'island': datatype FP32 does not fit a categorical column",
+    ),
+    (
+        "table: a numeric column sent as strings",
+        lambda: penguin(mass=("BYTES", ["heavy"])),
+        400,
+        "input 'mass': datatype BYTES does not fit a numeric column",
+    ),
+    ("table: a missing column", lambda: penguin(mass=None), 400, "missing input(s) 'mass'"),
+    (
+        "table: an extra column",
+        lambda: penguin(colour=("BYTES", ["blue"])),
+        400,
+        "unknown input(s) 'colour'",
+    ),
+    (
+        "table: a 1 MB category string",
+        lambda: penguin(island=("BYTES", [MEGABYTE])),
+        413,
+        "input 'island': BYTES element 0",
+    ),
+    (
+        "table: a date that is not ISO 8601",
+        lambda: penguin(seen=("BYTES", ["next week"])),
+        400,
+        "column 'seen': 'next week' is not an ISO 8601 date",
+    ),
+    (
+        "table: columns of different lengths",
+        lambda: penguin(island=("BYTES", ["Biscoe", "Dream"])),
+        400,
+        "input 'mass' has 1 rows; the other columns have 2",
+    ),
+    (
+        "table: NaN token for a missing number",
+        lambda: post(
+            "/v2/models/penguins/infer",
+            json.dumps(columns()).replace("[null]", "[NaN]"),
+        ),
+        400,
+        "send null for a missing value",
     ),
 ]
 

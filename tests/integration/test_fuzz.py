@@ -35,6 +35,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 from schemathesis.transport.serialization import serialize_binary
+from test_bad_input import penguins
 
 SECTION = "Fuzzing"
 DOC = REPO / "docs" / "openapi.json"
@@ -142,12 +143,13 @@ def _grpc_web(ctx: Any, value: Any) -> dict[str, Any]:
 
 @schema.hook("map_path_parameters")
 def _published_model(ctx: Any, path_parameters: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Half the cases name the published model, and a version it has, so models really run."""
+    """Half the cases name a published model (iris, or the per-column table model penguins),
+    and a version it has, so models really run."""
     if path_parameters and "model" in path_parameters:
         digest = sum(repr(sorted(path_parameters.items())).encode())  # stable, unlike hash()
         if digest % 2 == 0:
-            path_parameters["model"] = "iris"
-            if "version" in path_parameters and digest % 4 == 0:
+            path_parameters["model"] = "iris" if digest % 4 == 0 else "penguins"
+            if "version" in path_parameters and digest % 8 in (0, 2):
                 path_parameters["version"] = "1"
     return path_parameters
 
@@ -159,6 +161,8 @@ def handlers(
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     publish_model(registry, storage, "iris", 1, iris_model.onnx, promote=True)
     publish_model(registry, storage, "iris", 2, iris_model.onnx)
+    graph, manifest = penguins()
+    publish_model(registry, storage, "penguins", 1, graph, manifest, promote=True)
     APP.inference = load_handler("inference")
     APP.admin = load_handler("admin")
 
@@ -175,7 +179,7 @@ def test_generated_requests_get_no_5xx_and_responses_match_the_document(case: An
     Tally.first = Tally.first or time.perf_counter()
     response = case.call()
     Tally.cases += 1
-    Tally.with_model += (case.path_parameters or {}).get("model") == "iris"
+    Tally.with_model += (case.path_parameters or {}).get("model") in ("iris", "penguins")
     Tally.operations.add(case.operation.label)
     Tally.statuses[response.status_code] += 1
     case.validate_response(response, checks=CHECKS)
@@ -197,5 +201,6 @@ def test_fuzzing_ran_enough_cases_and_found_nothing(reliability_report: Any) -> 
         seconds=round(time.perf_counter() - Tally.first, 1),  # generation and checks included
     )
     assert server_errors == 0
-    assert len(Tally.operations) == 21  # 15 REST (OIP + admin) and the 6 gRPC methods
+    # 15 REST (OIP + admin), the 5 generation routes and the 6 gRPC methods
+    assert len(Tally.operations) == 26
     assert Tally.cases >= MIN_CASES, f"only {Tally.cases} generated cases ran"

@@ -311,12 +311,17 @@ def test_template_never_notifies_from_the_artifact_bucket() -> None:
     assert "NotificationConfiguration" not in resources["ArtifactBucket"]["Properties"]
     rules = resources["DataBucket"]["Properties"]["NotificationConfiguration"]
     prefixes = {
-        r["Value"]
+        r["Value"]: c["Queue"]["Fn::GetAtt"][0]
         for c in rules["QueueConfigurations"]
         for r in c["Filter"]["S3Key"]["Rules"]
         if r["Name"] == "prefix"
     }
-    assert prefixes == {"datasets/", "pretrained/"}
+    # training data to the ingest queue; files to score (batch predictions) to their own
+    assert prefixes == {
+        "datasets/": "IngestQueue",
+        "pretrained/": "IngestQueue",
+        "predictions/": "PredictQueue",
+    }
 
 
 # --- failures a retry may cure: partial batch failure, then the DLQ ----------------------

@@ -26,7 +26,13 @@ from maas_devkit.publish import publish_model
 from test_optimize import _event, _model_tarball, _start_run, _upload_artifact
 
 SECTION = "Security"
-FUNCTIONS = ("IngestFunction", "OptimizeFunction", "InferenceFunction", "AdminFunction")
+FUNCTIONS = (
+    "IngestFunction",
+    "OptimizeFunction",
+    "InferenceFunction",
+    "PredictFunction",
+    "AdminFunction",
+)
 # Granted, though no flow here calls it directly, and why.
 IMPLIED = {
     # S3 answers 403 instead of 404 for a missing key without ListBucket: "not there" must
@@ -60,6 +66,8 @@ def iam_actions(service: str, operation: str, params: dict[str, Any]) -> set[str
             "ConditionCheck": "ConditionCheckItem",
         }
         return {f"dynamodb:{kinds[k]}" for item in params["TransactItems"] for k in item}
+    if service == "sqs" and operation == "SendMessageBatch":
+        return {"sqs:SendMessage"}  # SQS authorizes a batch by its single-message action
     if service == "sagemaker" and operation == "CreateTrainingJob":
         actions = {"sagemaker:CreateTrainingJob", "iam:PassRole"}
         if params.get("Tags"):
@@ -115,8 +123,48 @@ def run(recorder: Recorder, function: str, call: Callable[[], Any]) -> Any:
         return call()
 
 
+def run_predictions(aws: Any, recorder: Recorder, iris_model: Any, ctx: Any, env: Any) -> None:
+    """A table model (iris, its four columns as one matrix) scoring an upload, as S3 and the
+    SQS event source deliver it: the notification, then each chunk message."""
+    from maas.serving import tableprep
+    from maas_devkit.account import local_name
+
+    columns = [
+        tableprep.fit_column(f"f{i}", "numeric", iris_model.features[:, i], "FP64")
+        for i in range(4)
+    ]
+    table = tableprep.make_spec(columns, [])
+    publish_model(
+        aws.registry(), aws.storage(), "petals", 1, iris_model.onnx, {"table": table}, promote=True
+    )
+    url = aws.sqs.get_queue_url(QueueName=local_name("PredictQueue"))["QueueUrl"]
+    env.setenv("PREDICT_QUEUE_URL", url)
+    env.setenv("PREDICT_CHUNK_ROWS", "2")  # 3 rows: 2 chunks
+    rows = "\n".join(",".join(str(v) for v in r) for r in iris_model.features[:3])
+    note = put_and_notify(
+        aws.s3, DATA_BUCKET, "predictions/petals/x.csv", f"f0,f1,f2,f3\n{rows}\n".encode()
+    )
+    predict = load_handler("predict")
+    run(recorder, "PredictFunction", lambda: predict.lambda_handler(sqs_event(note), ctx))
+    for _ in range(10):
+        got = aws.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1).get("Messages", [])
+        if not got:
+            break
+        aws.sqs.delete_message(QueueUrl=url, ReceiptHandle=got[0]["ReceiptHandle"])
+        chunk = {"Records": [{"messageId": got[0]["MessageId"], "body": got[0]["Body"]}]}
+        if "chunk" in got[0]["Body"]:
+            reply = run(recorder, "PredictFunction", lambda c=chunk: predict.lambda_handler(c, ctx))
+            assert reply == {"batchItemFailures": []}
+    summary = aws.s3.get_object(Bucket=aws.artifact_bucket, Key="predictions/petals/x.summary.json")
+    assert json.loads(summary["Body"].read())["scored"] == 3
+
+
 def test_each_function_is_granted_what_it_calls_and_nothing_more(
-    aws: Any, recorder: Recorder, iris_model: Any, reliability_report: Any
+    aws: Any,
+    recorder: Recorder,
+    iris_model: Any,
+    reliability_report: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ctx = LambdaContext()
     # --- ingest: a run, a rejection, a dead letter, a superseded event, an unversioned one
@@ -166,6 +214,9 @@ def test_each_function_is_granted_what_it_calls_and_nothing_more(
         run(recorder, "InferenceFunction", lambda m=method, p=path, b=payload: (
             inference.lambda_handler(http_event(m, p, b), ctx)
         ))  # fmt: skip
+
+    # --- predict: a file planned into chunks, each chunk scored, the outputs assembled
+    run_predictions(aws, recorder, iris_model, ctx, monkeypatch)
 
     # --- admin: every route, as a signed caller, moving the alias for real
     publish_model(aws.registry(), aws.storage(), "flowers", 4, iris_model.onnx)

@@ -20,8 +20,7 @@ from typing import Any
 import boto3
 import moto
 import pytest
-from conftest import stack_template
-from maas_devkit.account import configure_notifications, create_resources
+from maas_devkit.account import configure_notifications, create_resources, stack_template
 from maas_devkit.events import s3_notification
 from maas_devkit.repo import REGION
 from maas_local.state import StateStore

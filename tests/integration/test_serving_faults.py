@@ -16,11 +16,10 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import stack_template
 from maas.core.config import InferenceSettings
 from maas.serving.http import ClientResponse
 from maas.serving.store import ModelStore, ModelUnavailable
-from maas_devkit.account import ARTIFACT_BUCKET, create_resources
+from maas_devkit.account import ARTIFACT_BUCKET, create_resources, stack_template
 from maas_devkit.events import http_event
 from maas_devkit.lambda_runtime import load_handler
 from maas_devkit.models import infer_body

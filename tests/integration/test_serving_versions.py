@@ -267,3 +267,38 @@ def test_a_reused_model_and_version_with_other_bytes_serves_the_new_bytes(
     store = second.store()
     assert _cached_file(store, iris_model_reversed.onnx).exists()
     assert _cached_file(store, iris_model.onnx).exists()  # the old entry, never served again
+
+
+def test_a_model_too_large_for_tmp_loads_from_memory_still_checked(
+    aws: Any,
+    lambda_context: Any,
+    iris_model: Any,
+    iris_model_reversed: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a function whose threshold makes every model "too large for /tmp"
+    monkeypatch.setenv("MODEL_MEMORY_LOAD_MB", "0")
+    registry, storage = aws.registry(), aws.storage()
+    publish_model(registry, storage, "iris", 1, iris_model.onnx, promote=True)
+    publish_model(registry, storage, "iris", 2, iris_model_reversed.onnx)
+    aws.s3.put_object(
+        Bucket=aws.artifact_bucket,
+        Key="models/iris/2/model.onnx",
+        Body=iris_model_reversed.onnx + b"\x00",
+    )
+    app = load_handler("inference")
+
+    # WHEN both versions are asked
+    answer = ask(app, lambda_context)
+    tampered = app.lambda_handler(
+        http_event("POST", "/v2/models/iris/versions/2/infer", infer_body(np.ones((1, 4)))),
+        lambda_context,
+    )
+
+    # THEN v1 serves from memory, nothing of it written to the model cache, and v2's bytes,
+    # which differ from its manifest, are refused as they are from /tmp
+    assert answer["model_version"] == "1"
+    store = app.store()
+    assert not _cached_file(store, iris_model.onnx).exists()
+    assert not list(store.cache_dir.rglob("*.onnx"))
+    assert tampered["statusCode"] == 503 and "integrity" in tampered["body"]

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from maas.core import contract
 from maas.ingest.jobspec import JobSpec
-from maas.serving import textprep
+from maas.serving import tableprep, textprep
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / "layers" / "shared" / "maas" / "serving" / "textprep.py"
 CONTRACT = REPO / "layers" / "shared" / "maas" / "core" / "contract.py"
+TABLEPREP = REPO / "layers" / "shared" / "maas" / "serving" / "tableprep.py"
 
 
 def _word_tokenizer_json() -> str:
@@ -73,6 +74,14 @@ def test_tokenizer_json_pads_to_the_batch_longest_and_truncates(tmp_path: Path) 
         textprep.load_encoder({"kind": "sentencepiece"})
 
 
+def test_training_job_loads_the_very_column_transforms_serving_runs() -> None:
+    from maas_training import shared as training_side
+
+    assert training_side.source_path("tableprep") == TABLEPREP
+    column = training_side.tableprep().fit_column("x", "numeric", [1.0, 3.0], "FP64")
+    assert column == tableprep.fit_column("x", "numeric", [1.0, 3.0], "FP64")
+
+
 def test_training_job_loads_this_very_file() -> None:
     from maas_training import shared as training_side
 
@@ -81,7 +90,15 @@ def test_training_job_loads_this_very_file() -> None:
     assert mod.HashedNgrams(buckets=97).ids("a b") == textprep.HashedNgrams(buckets=97).ids("a b")
 
 
-@pytest.mark.parametrize(("name", "source"), [("textprep", SHARED), ("contract", CONTRACT)])
+@pytest.mark.parametrize(
+    ("name", "source"),
+    [
+        ("textprep", SHARED),
+        ("contract", CONTRACT),
+        ("tableprep", TABLEPREP),
+        ("chattemplate", SHARED.parent / "chattemplate.py"),
+    ],
+)
 def test_training_code_tarball_carries_a_byte_identical_copy(
     tmp_path: Path, name: str, source: Path
 ) -> None:
@@ -122,6 +139,6 @@ def test_job_spec_and_training_job_use_the_one_recipe_table() -> None:
             )
             hp = parse_hyperparameters(spec.hyperparameters_for_sagemaker())
             # THEN both took it as it is, with the recipe's defaults from the table
-            defaults = contract.RECIPE_DEFAULTS.get(recipe, {})
+            defaults = contract.recipe_defaults(task, recipe)
             assert {k: getattr(hp, k) for k in defaults} == defaults, (task, recipe)
             assert (hp.task, hp.recipe) == (task, recipe)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from maas.core import contract
-from maas_training.data import encode_labels, load_dataset, split_indices
+from maas_training.data import encode_labels, split_indices
 from maas_training.errors import TrainingError
 from maas_training.hyperparameters import decode_value, parse_hyperparameters
 
@@ -156,8 +156,12 @@ def test_digits_trains_to_contract(digits_job: Job) -> None:
         contract.PLOT_FILE,
         contract.COMPRESSED_FILE,
         contract.COMPRESSED_DIR,
+        contract.TABLE_SPEC_FILE,
     }
     assert {p.name for p in model_dir.iterdir()} == expected
+    table = json.loads((model_dir / contract.TABLE_SPEC_FILE).read_text())
+    # all numeric, no gaps: one FP32 matrix in, the same 64 features to the graph
+    assert table["matrix"] is True and len(table["columns"]) == 64
     assert not (base / "output" / "failure").exists()
     assert sorted(p.name for p in (base / "checkpoints").glob("checkpoint-*.pt"))
 
@@ -287,14 +291,27 @@ def test_missing_label_column_fails_with_reason(tmp_path: Path) -> None:
     assert not (tmp_path / "model" / "model.onnx").exists()
 
 
-def test_non_numeric_feature_fails_with_reason(tmp_path: Path) -> None:
+def test_string_feature_is_typed_categorical_and_served_per_column(tmp_path: Path) -> None:
+    # GIVEN a table with a string column and an ID column (once refused as "non-numeric")
     df = _blobs(40)
     df["colour"] = ["red", "blue"] * 20
-    _setup(tmp_path, {"data.csv": df}, {"label": "species"})
-    proc = _run(tmp_path)
-    assert proc.returncode == 1
-    reason = (tmp_path / "output" / "failure").read_text()
-    assert "non-numeric" in reason and "'colour'" in reason
+    df.insert(0, "sample_id", [f"s{i:04d}" for i in range(40)])
+    _setup(tmp_path, {"data.csv": df}, {"label": "species", "epochs": 5})
+    # WHEN the job runs
+    proc = _run(tmp_path, MAAS_ONNX_EXPORTER="torchscript")
+    # THEN it trains, says how it typed each column, and serves one input per column
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "column 'colour': categorical (strings, 2 distinct, served as BYTES)" in proc.stdout
+    assert "column 'sample_id': ignore (an identifier: a different value" in proc.stdout
+    assert "task classification: the label holds strings" in proc.stdout
+    schema = json.loads((tmp_path / "model" / contract.SCHEMA_FILE).read_text())
+    assert [i["name"] for i in schema["inputs"]] == ["f1", "f2", "f3", "colour"]
+    assert schema["inputs"][3] == {
+        "name": "colour",
+        "datatype": "BYTES",
+        "shape": [-1],
+        "parameters": {"role": "categorical"},
+    }
 
 
 def test_sm_variables_win_over_base(tmp_path: Path) -> None:
@@ -303,7 +320,7 @@ def test_sm_variables_win_over_base(tmp_path: Path) -> None:
     out = tmp_path / "elsewhere"
     proc = _run(base, SM_OUTPUT_DIR=str(out))
     assert proc.returncode == 1
-    assert "too few rows" in (out / "failure").read_text()
+    assert "only 5 rows have a label" in (out / "failure").read_text()
     assert not (base / "output" / "failure").exists()
 
 
@@ -435,7 +452,7 @@ def test_hyperparameters_decode_like_sagemaker() -> None:
     with pytest.raises(TrainingError, match="test_fraction"):
         parse_hyperparameters({"test_fraction": "0.7"})
     with pytest.raises(TrainingError, match="not supported"):
-        parse_hyperparameters({"task": '"regression"'})
+        parse_hyperparameters({"task": '"forecasting"'})
     with pytest.raises(TrainingError, match="not known for task embedding"):
         parse_hyperparameters({"task": '"embedding"', "recipe": '"ngram"'})
     text = parse_hyperparameters({"task": '"text-classification"'})
@@ -475,27 +492,121 @@ def test_split_falls_back_when_a_class_is_tiny() -> None:
     assert min(len(s.validation), len(s.test)) >= 1
 
 
+def _load_table(channel: Path, **hp: object):
+    from types import SimpleNamespace
+
+    from maas_training.recipes import tabular
+
+    return tabular.load(SimpleNamespace(train_channel=channel), parse_hyperparameters(hp))
+
+
 @pytest.mark.parametrize(
-    ("frame", "message"),
+    ("frame", "hp", "message"),
     [
-        (pd.DataFrame({"a": [1.0, np.nan] * 10, "label": [0, 1] * 10}), "NaN"),
-        (pd.DataFrame({"a": [1.0, np.inf] * 10, "label": [0, 1] * 10}), "infinite"),
-        (pd.DataFrame({"a": range(20), "label": [1] * 20}), "at least 2 classes"),
-        (pd.DataFrame({"a": range(20), "label": [0, None] * 10}), "empty label"),
-        (pd.DataFrame({"label": [0, 1] * 10}), "no feature columns"),
+        (pd.DataFrame({"a": [1.0, np.inf] * 10, "label": [0, 1] * 10}), {}, "'a': infinite"),
+        (pd.DataFrame({"a": range(20), "label": [1] * 20}), {}, "at least 2 classes"),
+        (
+            pd.DataFrame({"a": range(20), "label": [0, None, None, None] * 5}),
+            {},
+            "only 5 rows have a label in column 'label' \\(15 have none\\)",
+        ),
+        (pd.DataFrame({"label": [0, 1] * 10}), {}, "no feature columns"),
+        (
+            pd.DataFrame({"a": range(20), "gone": [None] * 20, "label": [0, 1] * 10}),
+            {},
+            "'gone' are empty throughout",
+        ),
+        (
+            pd.DataFrame(
+                {"a": range(12), "code": [f"c{i}" for i in range(12)], "label": [0, 1] * 6}
+            ),
+            {"columns": {"code": "categorical"}},
+            "'code' is set to categorical in job.json but has a different value in every row",
+        ),
+        (
+            pd.DataFrame({"a": ["x", "2"] * 10, "label": [0, 1] * 10}),
+            {"columns": {"a": "numeric"}},
+            "'a' is set to numeric in job.json but holds 10 value\\(s\\) that are not numbers",
+        ),
+        (
+            pd.DataFrame({"a": ["x"] * 20, "label": [0, 1] * 10}),
+            {"columns": {"b": "numeric"}},
+            "names columns the data lacks: b",
+        ),
+        (
+            pd.DataFrame({**{f"c{i}": range(20) for i in range(5)}, "label": [0, 1] * 10}),
+            {"max_columns": 4},
+            "5 feature columns, more than max_columns=4",
+        ),
+        (
+            pd.DataFrame({"a": ["2024-01-01", "soon"] * 10, "label": [0, 1] * 10}),
+            {"columns": {"a": "datetime"}},
+            "'a' is set to datetime in job.json but its values are not ISO 8601 dates",
+        ),
     ],
 )
-def test_bad_data_is_explained(tmp_path: Path, frame: pd.DataFrame, message: str) -> None:
+def test_bad_data_is_explained(
+    tmp_path: Path, frame: pd.DataFrame, hp: dict[str, object], message: str
+) -> None:
     frame.to_csv(tmp_path / "d.csv", index=False)
     (tmp_path / "notes.txt").write_text("ignored")
     with pytest.raises(TrainingError, match=message):
-        load_dataset(tmp_path, "label")
+        _load_table(tmp_path, label="label", **hp)
 
 
 def test_empty_channel_is_explained(tmp_path: Path) -> None:
     (tmp_path / "job.json").write_text("{}")
     with pytest.raises(TrainingError, match="no data files"):
-        load_dataset(tmp_path, "label")
+        _load_table(tmp_path, label="label")
+
+
+@pytest.mark.parametrize(
+    ("label", "task", "why"),
+    [
+        (["a", "b"] * 10, "classification", "the label holds strings or true/false"),
+        ([1.5, 2.25] * 10, "regression", "non-integral numbers"),
+        (list(range(30)), "regression", "30 distinct integers"),
+        ([0, 1, 2, 3] * 5, "classification", "4 distinct integers"),
+    ],
+)
+def test_task_is_detected_from_the_label_and_said_why(
+    tmp_path: Path, label: list, task: str, why: str
+) -> None:
+    frame = pd.DataFrame({"a": np.arange(float(len(label))), "y": label})
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    data = _load_table(tmp_path, label="y")
+    assert data.task == task and why in data.metrics["task_reason"]
+    if task == "regression":  # standardised on the training split; the scale undoes it
+        assert data.target_scale is not None and data.y.dtype == np.float32
+        assert np.allclose(data.targets(np.arange(len(label))), label)
+
+
+def test_task_in_job_json_overrides_the_detection(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"a": np.arange(20.0), "y": [0, 1, 2, 3] * 5})
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    data = _load_table(tmp_path, label="y", task="regression")
+    assert data.task == "regression" and data.metrics["task_reason"] == "set in job.json"
+
+
+def test_missing_cells_are_imputed_from_the_training_split_and_flagged(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {"a": [1.0, np.nan, 3.0, 4.0] * 10, "b": ["x", None, "y", "x"] * 10, "y": [0, 1] * 20}
+    )
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    data = _load_table(tmp_path, label="y")
+    spec = data.table_spec
+    assert spec is not None and not spec["matrix"]
+    a, b = spec["columns"]
+    assert a["indicator"] is True and a["median"] == float(
+        np.median(
+            frame["a"].to_numpy()[data.split.train][
+                ~np.isnan(frame["a"].to_numpy()[data.split.train])
+            ]
+        )
+    )
+    assert b["categories"] == ["x", "y"]
+    assert "a__missing" in data.schema["features"] and "b=<missing>" in data.schema["features"]
+    assert np.isfinite(data.x).all()
 
 
 def test_export_falls_back_to_torchscript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -533,6 +644,7 @@ def test_every_recipe_of_the_contract_has_a_training_recipe() -> None:
     assert {key for key, recipe in registered.items() if not recipe.trains} == {
         ("text-classification", "import"),
         ("embedding", "import"),
+        ("text-generation", "import"),
     }
 
 
@@ -550,8 +662,9 @@ def test_hyperparameter_names_and_defaults_are_the_contracts_on_both_sides() -> 
     assert {n: getattr(job, n) for n in names} == contract.HYPERPARAMETERS
     sent = {n: getattr(spec, n) for n in names if n not in UNSENT_UNLESS_SET}
     assert sent == {n: d for n, d in contract.HYPERPARAMETERS.items() if n not in UNSENT_UNLESS_SET}
+    # no task: a table, whose label decides between classification and regression
     assert (job.task, job.label, job.text) == (
-        contract.DEFAULT_TASK,
+        contract.DETECT_TASK,
         contract.DEFAULT_LABEL,
         contract.DEFAULT_TEXT,
     )
@@ -612,3 +725,20 @@ def test_a_new_recipe_is_its_data_and_its_model_and_nothing_else(
     schema = json.loads((model_dir / contract.SCHEMA_FILE).read_text())
     assert [o["name"] for o in schema["outputs"]] == ["probabilities", "label"]
     assert json.loads((tmp_path / "output" / "data" / contract.METRICS_FILE).read_text()) == metrics
+
+
+def test_balance_classes_weighs_each_class_by_the_inverse_of_its_share(tmp_path: Path) -> None:
+    # GIVEN a table with one class four times the other
+    frame = pd.DataFrame({"a": np.arange(50.0), "y": ["many"] * 40 + ["few"] * 10})
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    # WHEN it is loaded without and with balance_classes
+    plain = _load_table(tmp_path, label="y")
+    data = _load_table(tmp_path, label="y", balance_classes=1)
+    # THEN only the second weighs the classes, n / (k * count) on the training split
+    assert plain.class_weights is None
+    assert data.class_weights is not None and data.metrics["balance_classes"] is True
+    counts = np.bincount(data.y[data.split.train], minlength=2)
+    expected = len(data.split.train) / (2 * counts)
+    assert np.allclose(data.class_weights, expected)
+    few = data.class_names.index("few")
+    assert data.class_weights[few] > 1.0 > data.class_weights[1 - few]

@@ -35,3 +35,13 @@ def test_a_missing_event_file_is_an_error_not_a_skip() -> None:
 def test_the_bench_baseline_is_committed_with_its_overhead_ratio() -> None:
     doc = json.loads((REPO / "bench" / "baseline.json").read_text())
     assert doc["overhead_ratio"] > 0
+
+
+def test_the_unit_tier_refuses_subprocesses_and_connections() -> None:
+    import socket
+    import subprocess
+
+    with pytest.raises(RuntimeError, match="no subprocess"):
+        subprocess.run(["true"], check=False)
+    with socket.socket() as s, pytest.raises(RuntimeError, match="no network"):
+        s.connect(("127.0.0.1", 9))

@@ -13,7 +13,9 @@ pytestmark = pytest.mark.usefixtures("no_network")
 def test_parse_job_json_empty_object_gives_defaults() -> None:
     spec = parse_job_json(b"{}")
     assert spec == JobSpec()
-    assert (spec.task, spec.label, spec.auto_promote) == ("classification", "label", True)
+    # no task: a table, whose label decides classification or regression
+    assert (spec.task, spec.effective_task) == (None, "classification")
+    assert (spec.label, spec.auto_promote) == ("label", True)
     assert spec.instance_type is None and spec.spot is None
 
 
@@ -70,7 +72,7 @@ def test_parse_job_json_unknown_hyperparameter_names_its_path() -> None:
         ({"label": ""}, "label"),
         ({"label": "a\nb"}, "label"),
         ({"recipe": "Bad Recipe"}, "recipe"),
-        ({"task": "regression"}, "task"),
+        ({"task": "forecasting"}, "task"),
     ],
 )
 def test_parse_job_json_out_of_bounds_value_is_rejected(doc: dict, where: str) -> None:
@@ -200,4 +202,5 @@ def test_hyperparameters_for_sagemaker_are_json_encoded_strings() -> None:
     assert decoded["epochs"] == 7
     assert decoded["label"] == "species"
     assert decoded["recipe"] == "mlp"
-    assert decoded["task"] == "classification"
+    # no task in job.json: not sent, so the training job lets the label decide
+    assert "task" not in decoded

@@ -87,7 +87,7 @@ def test_decode_unknown_datatype_lists_the_known_ones(datatype: Any) -> None:
         decode_request(request(tensor([1], [1], datatype=datatype)))
 
 
-@pytest.mark.parametrize("data", [["a", "b"], [1, "2"], [None, 1], [{"x": 1}, 2], [[1], "x"]])
+@pytest.mark.parametrize("data", [["a", "b"], [1, "2"], [{"x": 1}, 2], [[1], "x"]])
 def test_decode_non_numeric_data_for_numeric_type_raises(data: list) -> None:
     with pytest.raises(ProtocolError, match="list of numbers"):
         decode_request(request(tensor(data, [2])))
@@ -167,7 +167,7 @@ def test_decode_bool_tensor() -> None:
     assert t.array.tolist() == [[True, False]]
 
 
-@pytest.mark.parametrize("data", [[1, 0], ["true", "false"], [True, None]])
+@pytest.mark.parametrize("data", [[1, 0], ["true", "false"], [True, "x"]])
 def test_decode_bool_tensor_with_non_booleans_raises(data: list) -> None:
     with pytest.raises(ProtocolError, match="BOOL data must be true/false"):
         decode_request(request(tensor(data, [2], datatype="BOOL")))
@@ -184,12 +184,50 @@ def test_decode_bytes_tensor_with_non_strings_raises() -> None:
         decode_request(request(tensor(["a", 1], [2], datatype="BYTES")))
 
 
-def test_decode_nan_literal_is_decoded_for_the_model_to_refuse() -> None:
-    # JSON has no NaN, but Python's json (and some clients) accept the literal.
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_decode_nan_literal_is_refused_pointing_at_null(literal: str) -> None:
+    # JSON has no NaN, but Python's json (and some clients) accept the literal: a 400 that
+    # says how to send a missing value instead.
+    tensor = '{"name": "x", "shape": [2], "datatype": "FP32", "data": [' + literal + ", 1]}"
+    body = '{"inputs": [' + tensor + "]}"
+    with pytest.raises(ProtocolError, match=r"NaN or infinite.*send null for a missing value"):
+        decode_request(body)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "filled"),
+    [
+        ("FP32", [1.5, None, 3], [1.5, 0.0, 3.0]),
+        ("INT64", [[None, 2], [3, None]], [0, 2, 3, 0]),
+        ("BOOL", [True, None], [True, False]),
+        ("BYTES", ["a", None], ["a", ""]),
+    ],
+)
+def test_decode_null_is_a_missing_value_with_its_mask(
+    datatype: str, data: list, filled: list
+) -> None:
+    # GIVEN a JSON tensor with nulls (missing values, as the table models take them)
+    n = len(filled)
+    shape = [2, 2] if isinstance(data[0], list) else [n]
     [t] = decode_request(
-        '{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [NaN, 1]}]}'
+        json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]})
     ).inputs
-    assert np.isnan(t.array[0])
+    # THEN the array holds a filler there and the mask says where the nulls were
+    assert t.array.reshape(-1).tolist() == filled
+    assert t.missing is not None
+    assert t.missing.reshape(-1).tolist() == [v is None for v in _flat(data)]
+    assert t.missing.shape == t.array.shape
+
+
+def _flat(data: list) -> list:
+    return [x for row in data for x in row] if isinstance(data[0], list) else data
+
+
+def test_decode_without_null_has_no_mask() -> None:
+    [t] = decode_request(
+        '{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}'
+    ).inputs
+    assert t.missing is None
 
 
 # --- decoding: request structure ----------------------------------------------------------

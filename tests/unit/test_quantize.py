@@ -359,7 +359,7 @@ def test_bad_inputs_raise(mlp, tmp_path):
     with pytest.raises(ValueError, match="input__input"):
         optimize_model(fp32, {"target": mlp["sample"]["target"]}, None, tmp_path / "w")
     with pytest.raises(ValueError, match="unknown task"):
-        optimize_model(fp32, mlp["sample"], None, tmp_path / "w", task="regression")
+        optimize_model(fp32, mlp["sample"], None, tmp_path / "w", task="forecasting")
     # Calibration data that does not fit the graph only costs the static candidate.
     sel = optimize_model(
         fp32, mlp["sample"], {"input__other": np.ones((4, 64))}, tmp_path / "w", timing_repeats=5
@@ -555,6 +555,10 @@ def test_builtin_recipes_are_registered_once_in_order():
         r.DYNAMIC_PER_CHANNEL,
         r.STATIC_QDQ_PER_CHANNEL,
         r.FUSED_DYNAMIC_PER_CHANNEL,
+        r.INT4_BLOCK32,
+        r.INT4_BLOCK128,
+        r.INT4_BLOCK32_ACC4,
+        r.INT4_BLOCK32_HEAD_INT8,
     ]
     assert len(set(names)) == len(names) and q.FP32 not in names
 
@@ -581,7 +585,17 @@ def test_recipes_apply_by_calibration_and_transformer(tmp_path):
     full = replace(
         plain, calibration={"input": np.ones((2, 64))}, transformer={"model_type": "bert"}
     )
-    assert applicable(full) == ([recipe.name for recipe in r.RECIPES], [])
+    weight_only = [r.INT4_BLOCK32, r.INT4_BLOCK128, r.INT4_BLOCK32_ACC4, r.INT4_BLOCK32_HEAD_INT8]
+    assert applicable(full) == (
+        [recipe.name for recipe in r.RECIPES if recipe.name not in weight_only],
+        [],
+    )
+    # A causal LM gets dynamic int8 per channel and the 4-bit weight-only candidates.
+    lm = replace(plain, task=r.TEXT_GENERATION)
+    assert applicable(lm) == (
+        [r.DYNAMIC_PER_CHANNEL, *weight_only],
+        [f"skipped {r.STATIC_QDQ_PER_CHANNEL}: no calibration data"],
+    )
     # A transformer whose graph the offline fusions do not know gets no fused candidate.
     other = replace(full, transformer={"model_type": "gpt2"})
     assert r.FUSED_DYNAMIC_PER_CHANNEL not in applicable(other)[0]

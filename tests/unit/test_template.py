@@ -27,6 +27,7 @@ FUNCTIONS = {
     "IngestFunction": "ingest",
     "OptimizeFunction": "optimize",
     "InferenceFunction": "inference",
+    "PredictFunction": "predict",
     "AdminFunction": "admin",
 }
 OIP_ROUTES = {
@@ -51,6 +52,12 @@ OIP_ROUTES = {
             "ModelInfer",
         )
     ),
+    # Text generation: the OIP generate extension and the OpenAI wire format (buffered).
+    ("POST", "/v2/models/{model}/generate"),
+    ("POST", "/v2/models/{model}/versions/{version}/generate"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/chat/completions"),
 }
 ADMIN_ROUTES = {
     ("GET", "/admin/models"),
@@ -291,27 +298,31 @@ def test_uploads_notify_the_ingest_queue(tpl: dict[str, Any], res: dict[str, Any
     prefixes = {}
     for c in configs:
         assert c["Event"] == "s3:ObjectCreated:*"
-        assert c["Queue"] == {"Fn::GetAtt": ["IngestQueue", "Arn"]}
         rules = c["Filter"]["S3Key"]["Rules"]
-        prefixes.update({r["Value"]: r["Name"] for r in rules})
-    assert prefixes.get("datasets/") == "prefix"
-    # The queue policy must exist before S3 validates the notification target.
-    assert "IngestQueuePolicy" in as_list(data["DependsOn"])
+        prefixes.update({r["Value"]: (r["Name"], c["Queue"]["Fn::GetAtt"][0]) for r in rules})
+    # training data to the ingest queue; files to score to the batch-prediction queue
+    assert prefixes == {
+        "datasets/": ("prefix", "IngestQueue"),
+        "pretrained/": ("prefix", "IngestQueue"),
+        "predictions/": ("prefix", "PredictQueue"),
+    }
+    # The queue policies must exist before S3 validates the notification targets.
+    assert {"IngestQueuePolicy", "PredictQueuePolicy"} <= set(as_list(data["DependsOn"]))
     # The queue policy names the bucket by its fixed name, not a Ref (that would be a cycle).
     name = evaluate(tpl, data["Properties"]["BucketName"], {})
     assert name == "maas-data-111122223333-eu-west-1"
-    allow = [
-        s
-        for s in props(res, "IngestQueuePolicy")["PolicyDocument"]["Statement"]
-        if s["Effect"] == "Allow"
-    ]
-    assert len(allow) == 1
-    statement = allow[0]
-    assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
-    assert as_list(statement["Action"]) == ["sqs:SendMessage"]
-    source_arn = statement["Condition"]["ArnEquals"]["aws:SourceArn"]
-    assert evaluate(tpl, source_arn, {}) == f"arn:aws:s3:::{name}"
-    assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    for policy in ("IngestQueuePolicy", "PredictQueuePolicy"):
+        allow = [
+            s for s in props(res, policy)["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"
+        ]
+        assert len(allow) == 1
+        statement = allow[0]
+        assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
+        assert as_list(statement["Action"]) == ["sqs:SendMessage"]
+        source_arn = statement["Condition"]["ArnEquals"]["aws:SourceArn"]
+        assert evaluate(tpl, source_arn, {}) == f"arn:aws:s3:::{name}"
+        account = statement["Condition"]["StringEquals"]["aws:SourceAccount"]
+        assert account == {"Ref": "AWS::AccountId"}
 
 
 def test_ingest_queue_has_a_dlq(tpl: dict[str, Any], res: dict[str, Any]) -> None:

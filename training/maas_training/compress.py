@@ -191,6 +191,8 @@ def _loss(kind: str, got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
         return (1.0 - F.cosine_similarity(got, want, dim=1)).mean()
     if kind == "logits":  # student and teacher both give logits
         return F.kl_div(F.log_softmax(got, 1), F.softmax(want, 1), reduction="batchmean")
+    if kind == "regression":  # one standardised output each: the teacher's value is the target
+        return F.mse_loss(got, want)
     # "probabilities": both give probabilities
     return F.kl_div(torch.log(got.clamp_min(1e-9)), want, reduction="batchmean")
 
@@ -199,6 +201,10 @@ def _agreement(kind: str, got: torch.Tensor, want: torch.Tensor) -> dict[str, fl
     if kind == "cosine":
         cos = F.cosine_similarity(got, want, dim=1)
         return {"holdout_cosine_mean": float(cos.mean()), "holdout_cosine_min": float(cos.min())}
+    if kind == "regression":
+        residual = float(((got - want) ** 2).sum())
+        spread = float(((want - want.mean()) ** 2).sum()) or 1.0
+        return {"holdout_r2_to_teacher": 1.0 - residual / spread}
     return {"holdout_agreement": float((got.argmax(1) == want.argmax(1)).float().mean())}
 
 

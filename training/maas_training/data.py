@@ -1,4 +1,5 @@
-"""Read the train channel, validate it, encode labels and split it (numpy only, no sklearn)."""
+"""Read the train channel, encode labels and split it (numpy only, no sklearn); tables are
+typed by maas_training.tables."""
 
 from __future__ import annotations
 
@@ -21,25 +22,6 @@ DATA_SUFFIXES = {
 MIN_ROWS = 10
 # A class needs this many rows to be spread over train/validation/test by stratification.
 MIN_ROWS_PER_CLASS_TO_STRATIFY = 3
-
-
-@dataclass(frozen=True)
-class Dataset:
-    features: np.ndarray  # float32 [n, F], raw values
-    targets: np.ndarray  # int64 [n], index into class_names
-    feature_names: list[str]
-    class_names: list[str]
-    label_column: str
-    files: list[str]
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        h.update(np.ascontiguousarray(self.features).tobytes())
-        h.update(np.ascontiguousarray(self.targets).tobytes())
-        h.update("\x00".join(self.feature_names).encode())
-        h.update("\x00".join(self.class_names).encode())
-        h.update(self.label_column.encode())
-        return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -144,73 +126,6 @@ def encode_labels(values) -> tuple[np.ndarray, list[str]]:  # values: pandas.Ser
     if len(set(names)) != len(names):
         raise TrainingError(f"label column {values.name!r} has values that print the same")
     return targets, names
-
-
-def load_dataset(channel: Path, label: str) -> Dataset:
-    import pandas as pd
-
-    frame, files = read_frame(channel)
-    columns = list(frame.columns)
-    if label not in columns:
-        raise TrainingError(
-            f"label column {label!r} not found; columns: {_short_list(columns)}"
-            " (set the label column with the 'label' key in job.json)"
-        )
-    feature_names = [c for c in columns if c != label]
-    if not feature_names:
-        raise TrainingError(f"no feature columns: the data has only the label column {label!r}")
-    n = len(frame)
-    if n < MIN_ROWS:
-        raise TrainingError(f"too few rows to train: {n} (need at least {MIN_ROWS})")
-
-    bad: list[str] = []
-    for c in feature_names:
-        s = frame[c]
-        if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
-            if pd.api.types.is_complex_dtype(s):
-                bad.append(f"{c!r} (complex)")
-            continue
-        sample = next((v for v in s.to_list() if v is not None), None)
-        bad.append(f"{c!r} ({s.dtype}, e.g. {str(sample)[:40]!r})")
-    if bad:
-        raise TrainingError(
-            "feature columns must be numeric; non-numeric: "
-            + _short_list(bad, 10)
-            + f" (label column is {label!r})"
-        )
-    features = frame[feature_names].to_numpy(dtype=np.float64, na_value=np.nan)
-    finite = np.isfinite(features)
-    if not finite.all():
-        cols = [feature_names[i] for i in np.flatnonzero(~finite.all(axis=0))]
-        n_bad = int((~finite.all(axis=1)).sum())
-        raise TrainingError(
-            f"{n_bad} rows have missing (NaN) or infinite feature values; columns: "
-            + _short_list(cols, 10)
-        )
-    big = np.abs(features) > np.finfo(np.float32).max
-    if big.any():
-        cols = [feature_names[i] for i in np.flatnonzero(big.any(axis=0))]
-        raise TrainingError("feature values overflow float32 in columns: " + _short_list(cols))
-
-    targets, class_names = encode_labels(frame[label])
-    if len(class_names) < 2:
-        raise TrainingError(
-            f"label column {label!r} has {len(class_names)} distinct value(s)"
-            f" ({_short_list(class_names)}); classification needs at least 2 classes"
-        )
-    counts = np.bincount(targets, minlength=len(class_names))
-    log.info(
-        f"dataset: {n} rows, {len(feature_names)} features, {len(class_names)} classes "
-        f"(smallest class {int(counts.min())} rows) from {len(files)} file(s)"
-    )
-    return Dataset(
-        features=features.astype(np.float32),
-        targets=targets,
-        feature_names=feature_names,
-        class_names=class_names,
-        label_column=label,
-        files=files,
-    )
 
 
 def _allocate(counts: np.ndarray, total: int) -> np.ndarray:

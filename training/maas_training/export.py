@@ -187,7 +187,8 @@ def add_label_head(model, class_names: list[str]):  # onnx.ModelProto -> onnx.Mo
     return model
 
 
-def _finish(proto, class_names: list[str] | None, metadata: dict[str, str]) -> int:
+def finish_graph(proto, class_names: list[str] | None, metadata: dict[str, str]) -> int:
+    """The label head (classifiers), the opset and IR checks, the metadata, the ONNX checker."""
     import onnx
 
     if class_names is not None:
@@ -305,7 +306,7 @@ def export_model(
             )
             exporter = other
             proto = _raw_export(exporter, module, example, names, output_name, sequence, Path(tmp))
-    opset = _finish(proto, class_names, metadata)
+    opset = finish_graph(proto, class_names, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
     ir = int(proto.ir_version)
@@ -315,6 +316,20 @@ def export_model(
     _check_signature(path, feeds, got, output_name, class_names)
     log.info(f"onnxruntime matches torch fp32: max abs diff {diff:.3g}")
     return ExportInfo(exporter, opset, ir, diff, got, reference)
+
+
+def export_plain(module: nn.Module, feeds: dict[str, np.ndarray], output: str, path: Path) -> None:
+    """The bare graph of a module (TorchScript exporter, no label head, no checks): for
+    measuring a candidate's size and latency, not for serving."""
+    import onnx
+
+    module = module.to("cpu").float().eval()
+    example = tuple(
+        torch.from_numpy(np.ascontiguousarray(v[np.arange(2) % len(v)])) for v in feeds.values()
+    )
+    with tempfile.TemporaryDirectory(prefix="maas-export-") as tmp:
+        proto = _raw_export("torchscript", module, example, list(feeds), output, False, Path(tmp))
+    onnx.save(proto, str(path))
 
 
 def metadata_for(task: str, recipe: str, labels: list[str] | None) -> dict[str, str]:

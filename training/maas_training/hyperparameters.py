@@ -34,6 +34,11 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "max_length": (2, 8192, True, True),
     "compress_candidates": (0, 8, True, True),
     "compress_seconds": (1, 86_400, True, True),
+    "max_columns": (1, 100_000, True, True),
+    "balance_classes": (0, 1, True, True),
+    "vocab_size": (259, 1 << 18, True, True),
+    "attention_heads": (1, 256, True, True),
+    "lora_rank": (0, 1024, True, True),
 }
 
 
@@ -98,6 +103,8 @@ def _decode_all(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         elif key in contract.STRING_HYPERPARAMETERS:
             if value is None:
                 continue
+            if key == "columns" and isinstance(value, dict):
+                value = json.dumps(value)
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise TrainingError(f"hyperparameter {key} must be a string, got {value!r}")
             values[key] = str(value)
@@ -110,20 +117,20 @@ def _decode_all(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 def _resolve_recipe(values: dict[str, Any]) -> None:
     """The task's default recipe when none is given, then that recipe's defaults."""
-    task = values.get("task", contract.DEFAULT_TASK)
-    if task not in contract.RECIPES:
+    task = values.get("task", contract.DETECT_TASK)
+    if task != contract.DETECT_TASK and task not in contract.RECIPES:
         raise TrainingError(
             f"task {task!r} is not supported by this training job; "
             f"supported: {', '.join(contract.TASKS)}"
         )
-    known = contract.RECIPES[task]
-    recipe = values.get("recipe") or contract.default_recipe(task)
+    known = contract.RECIPES[task or contract.DEFAULT_TASK]
+    recipe = values.get("recipe") or contract.default_recipe(task or contract.DEFAULT_TASK)
     if recipe not in known:
         raise TrainingError(
             f"recipe {recipe!r} is not known for task {task}; known: {', '.join(known)}"
         )
     values["recipe"] = recipe
-    for key, default in contract.RECIPE_DEFAULTS.get(recipe, {}).items():
+    for key, default in contract.recipe_defaults(task or contract.DEFAULT_TASK, recipe).items():
         values.setdefault(key, default)
 
 

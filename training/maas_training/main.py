@@ -75,7 +75,7 @@ def run(paths: Paths, hp: Any) -> dict[str, Any]:
     """The recipe of hp's (task, recipe), through the shared steps; metrics (rank 0)."""
     from maas_training import recipes, steps
 
-    return steps.run(paths, hp, recipes.get(hp.task, hp.recipe))
+    return steps.run(paths, hp, recipes.get(recipes.task_key(hp.task), hp.recipe))
 
 
 def _start(paths: Paths, script: Path | None) -> int:
@@ -88,7 +88,7 @@ def _start(paths: Paths, script: Path | None) -> int:
     check_environment()
     cluster = Cluster.from_env()
     # A pretrained import exports a model; there is nothing to train in parallel.
-    trains = recipes.get(hp.task, hp.recipe).trains
+    trains = recipes.get(recipes.task_key(hp.task), hp.recipe).trains
     if script is not None and trains and needs_torchrun(cluster):
         return relaunch(cluster, script, paths)
     run(paths, hp)

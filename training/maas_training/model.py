@@ -65,3 +65,31 @@ class Probabilities(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.model(x), dim=1)
+
+
+class Prediction(nn.Module):
+    """What a regressor exports: raw features -> the target in its own units.
+
+    The network fits the standardised target; undoing that lives in the graph too."""
+
+    def __init__(self, model: nn.Module, mean: float, std: float) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).reshape(-1) * self.std + self.mean
+
+
+class FoldMean(nn.Module):
+    """The k fold models of a small table's cross-validation, served as one: the mean of their
+    outputs (logits, or the standardised prediction). Bagging a few hundred rows' models varies
+    far less than one refit whose epoch count the folds could only guess."""
+
+    def __init__(self, models: list[nn.Module]) -> None:
+        super().__init__()
+        self.folds = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.folds]).mean(dim=0)

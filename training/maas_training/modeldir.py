@@ -42,6 +42,7 @@ class ModelDir:
     text_spec: dict[str, Any] | None = None
     tokenizer_json: str | None = None
     plot: Plot | None = None
+    table_spec: dict[str, Any] | None = None
 
 
 def write_json(path: Path, doc: Any) -> None:
@@ -53,7 +54,8 @@ def save_sample(path: Path, sample: Sample) -> None:
     if sample.texts is not None:  # a unicode array: loads without pickle
         arrays[contract.SAMPLE_TEXT_KEY] = np.asarray(sample.texts, dtype=np.str_)
     if sample.target is not None:
-        arrays[contract.TARGET_KEY] = np.ascontiguousarray(sample.target, dtype=np.int64)
+        kind = np.float64 if sample.target.dtype.kind == "f" else np.int64
+        arrays[contract.TARGET_KEY] = np.ascontiguousarray(sample.target, dtype=kind)
     with path.open("wb") as f:
         np.savez(f, **arrays)
 
@@ -66,6 +68,8 @@ def write_model_dir(paths: Paths, out: ModelDir) -> None:
         save_sample(directory / contract.CALIBRATION_FILE, out.calibration)
     if out.text_spec is not None:
         write_json(directory / contract.TEXT_SPEC_FILE, out.text_spec)
+    if out.table_spec is not None:
+        write_json(directory / contract.TABLE_SPEC_FILE, out.table_spec)
     if out.tokenizer_json:
         (directory / contract.TOKENIZER_FILE).write_text(out.tokenizer_json, encoding="utf-8")
     write_json(directory / contract.LABELS_FILE, out.labels)

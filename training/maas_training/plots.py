@@ -40,24 +40,34 @@ def write_training_plot(
     n = len(class_names)
     fig, (ax_loss, ax_cm) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=80)
     epochs = [h["epoch"] for h in history]
+    key, what = ("val_r2", "R²") if history and "val_r2" in history[0] else ("val_accuracy", "")
+    what = what or "accuracy"
     if history:
         ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train loss")
         ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
         ax_acc = ax_loss.twinx()
         ax_acc.plot(
             epochs,
-            [h["val_accuracy"] for h in history],
+            [h[key] for h in history],
             color="tab:green",
             linestyle="--",
-            label="validation accuracy",
+            label=f"validation {what}",
         )
-        ax_acc.set_ylabel("accuracy")
+        ax_acc.set_ylabel(what)
         ax_acc.set_ylim(0, 1.0)
         lines = ax_loss.get_lines() + ax_acc.get_lines()
         ax_loss.legend(lines, [str(ln.get_label()) for ln in lines], loc="center right")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.set_ylabel("cross-entropy" if n else "squared error (standardised)")
     ax_loss.set_title("training and validation")
+    if not n:  # a regression: predicted against true on the test set
+        ax_cm.scatter(y_true, y_pred, s=6, alpha=0.6)
+        lo, hi = float(np.min(y_true)), float(np.max(y_true))
+        ax_cm.plot([lo, hi], [lo, hi], color="gray", linewidth=1)
+        ax_cm.set_title("test set: predicted vs true")
+        ax_cm.set_xlabel("true")
+        ax_cm.set_ylabel("predicted")
+        return _save(fig, path, title)
     cm = confusion_matrix(y_true, y_pred, n)
     accuracy = float(np.trace(cm) / max(1, cm.sum()))
     ax_cm.imshow(cm, cmap="Blues")
@@ -76,6 +86,12 @@ def write_training_plot(
                     ax_cm.text(
                         j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color=color
                     )
+    return _save(fig, path, title)
+
+
+def _save(fig, path: Path, title: str) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

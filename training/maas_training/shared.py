@@ -1,10 +1,11 @@
-"""The two files the training job shares with the Lambda side, loaded from where they live.
+"""The files the training job shares with the Lambda side, loaded from where they live.
 
 The training container ships training/ only. ``maas push-training-code`` copies
-layers/shared/maas/core/contract.py and layers/shared/maas/serving/textprep.py into the tarball
-as maas_training/_shared/ (byte for byte; tests pin both copies); run from the repository (the
-local runner, the tests), the job reads them in place. Either way the job writes the names the
-optimizer reads and tokenises with exactly the code the inference function runs.
+layers/shared/maas/core/contract.py, serving/textprep.py, serving/tableprep.py and
+serving/chattemplate.py into the tarball as maas_training/_shared/ (byte for byte; tests pin the
+copies); run from the repository (the local runner, the tests), the job reads them in place.
+Either way the job writes the names the optimizer reads and tokenises with exactly the code the
+inference function runs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ HERE = Path(__file__).resolve().parent
 VENDORED = HERE / "_shared"
 IN_REPOSITORY = HERE.parents[1] / "layers" / "shared" / "maas"
 # module name -> its path under layers/shared/maas (the tarball flattens them into _shared/).
-SHARED = {"contract": "core/contract.py", "textprep": "serving/textprep.py"}
+SHARED = {
+    "contract": "core/contract.py",
+    "textprep": "serving/textprep.py",
+    "tableprep": "serving/tableprep.py",
+    "chattemplate": "serving/chattemplate.py",
+}
 
 
 def source_path(name: str) -> Path:
@@ -55,3 +61,13 @@ contract = load("contract")
 def textprep() -> ModuleType:
     """The text encoders (numpy; loaded by the text recipes only)."""
     return load("textprep")
+
+
+def tableprep() -> ModuleType:
+    """The column transforms (numpy; loaded by the tabular recipes only)."""
+    return load("tableprep")
+
+
+def chattemplate() -> ModuleType:
+    """Chat templates rendered as serving renders them (jinja2; the finetune recipe's)."""
+    return load("chattemplate")

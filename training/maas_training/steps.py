@@ -12,19 +12,29 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from maas_training import compress, log
+from maas_training import compress, log, selection
+from maas_training import metrics as figures
 from maas_training.config import Paths
-from maas_training.export import ExportInfo, export_model, metadata_for, verify
-from maas_training.model import Probabilities
+from maas_training.export import ExportInfo, export_model, export_plain, metadata_for, verify
+from maas_training.model import FoldMean, Prediction, Probabilities
 from maas_training.modeldir import ModelDir, Plot, Sample, write_model_dir
-from maas_training.recipes import Encoded, Pretrained, PretrainedRecipe, TrainedRecipe, Variant
+from maas_training.recipes import (
+    Encoded,
+    Family,
+    GenerativeRecipe,
+    Pretrained,
+    PretrainedRecipe,
+    TrainedRecipe,
+    Variant,
+)
 from maas_training.shared import contract
 from maas_training.trainer import (
     Checkpointer,
@@ -57,19 +67,34 @@ class Session:
 @dataclass
 class Candidate:
     variant: Variant
-    model: nn.Module
+    model: Any  # nn.Module, or a family's fitted model (the first fold's, under k-fold)
     result: TrainResult
+    family: Family | None = None
+    fit_rows: int = 0  # the rows its epochs (rounds) were found on: a refit scales them
+    measured: dict[str, float] = field(default_factory=dict)  # ONNX size, batch-1 latency
+    cv: bool = False  # scored by k-fold cross-validation (else on the validation split)
+    spread: float = 0.0  # k-fold: the standard error of its mean validation loss
+    folds: list[nn.Module] = field(default_factory=list)  # k-fold: every fold's model
+
+    @property
+    def label(self) -> str:
+        return self.family.name if self.family else self.variant.label or self.variant.phase
 
 
 @dataclass(frozen=True)
 class Scores:
     loss: float
-    accuracy: float
-    predicted: np.ndarray
-    probabilities: np.ndarray
+    accuracy: float  # a regression's R^2
+    predicted: np.ndarray  # class index, or the predicted value in the target's units
+    probabilities: np.ndarray  # what the exported graph outputs (a regression's: predicted)
+    figures: dict[str, float]  # test_* metrics (accuracy, balanced accuracy, ... or R^2, ...)
 
 
-def run(paths: Paths, hp: Any, recipe: TrainedRecipe | PretrainedRecipe) -> dict[str, Any]:
+def run(
+    paths: Paths, hp: Any, recipe: TrainedRecipe | PretrainedRecipe | GenerativeRecipe
+) -> dict[str, Any]:
+    if isinstance(recipe, GenerativeRecipe):
+        return recipe.run(paths, hp)
     if isinstance(recipe, PretrainedRecipe):
         return run_pretrained(paths, hp, recipe)
     return run_trained(paths, hp, recipe)
@@ -101,12 +126,14 @@ def fit(
     phase: str,
     epochs: int,
     refit: bool = False,
+    val: np.ndarray | None = None,
 ) -> tuple[nn.Module, TrainResult]:
-    """Build and train one model on rows; a refit runs every epoch and keeps the last."""
+    """Build and train one model on rows, early-stopped on val (default: the validation
+    split); a refit runs every epoch and keeps the last."""
     torch.manual_seed(hp.seed)
     x, y = data.x[rows], data.y[rows]
     model = recipe.build(data, hp, x)
-    val = data.split.validation
+    val = data.split.validation if val is None else val
     outcome = train(
         model,
         x,
@@ -127,6 +154,7 @@ def fit(
         ),
         keep_last=refit,
         eval_batch=recipe.eval_batch,
+        class_weights=data.class_weights,
     )
     return model, outcome
 
@@ -134,21 +162,49 @@ def fit(
 def choose(
     s: Session, recipe: TrainedRecipe, data: Encoded, hp: Any
 ) -> tuple[list[Candidate], Candidate]:
-    """Every candidate fitted on train (in the recipe's order), and the lowest validation loss."""
+    """Every candidate (the recipe's torch variants, then its families) scored on the same
+    rows, and the lowest validation loss (the folds' mean on small tables: see selection)."""
     variants = recipe.variants(hp)
-    fits = []
-    for v in variants:
-        vhp = replace(hp, **v.overrides)
-        model, r = fit(s, recipe, data, vhp, data.split.train, v.phase, hp.epochs)
-        if len(variants) > 1:
+    plan = selection.folds(recipe, data, hp, len(variants) + len(recipe.families))
+    fits = [_torch_candidate(s, recipe, data, hp, v, plan) for v in variants]
+    for family in recipe.families:
+        fitted, (r, se), rows = selection.fit_family(family, data, hp, plan)
+        cv = plan is not None
+        fits.append(Candidate(Variant(family.name), fitted, r, family, rows, cv=cv, spread=se))
+    if len(fits) > 1:
+        what = "val_r2" if data.regression else "val_accuracy"
+        for c in fits:
+            r = c.result
             log.info(
-                f"candidate {v.label}: val_loss {r.best_val_loss:.4f} "
-                f"val_accuracy {r.best_val_accuracy:.4f} at epoch {r.best_epoch}"
+                f"candidate {c.label}: val_loss {r.best_val_loss:.4f} "
+                f"{what} {r.best_val_accuracy:.4f} at {'round' if c.family else 'epoch'} "
+                f"{r.best_epoch}"
             )
-        fits.append(Candidate(v, model, r))
-    # Ties go to the earlier (simpler) candidate.
-    best = min(range(len(fits)), key=lambda i: (fits[i].result.best_val_loss, i))
+    losses = [c.result.best_val_loss for c in fits]
+    best = selection.pick(losses, [c.spread for c in fits], plan is not None)
     return fits, fits[best]
+
+
+def _torch_candidate(
+    s: Session,
+    recipe: TrainedRecipe,
+    data: Encoded,
+    hp: Any,
+    v: Variant,
+    plan: selection.Folds | None,
+) -> Candidate:
+    vhp = replace(hp, **v.overrides)
+    if plan is None:
+        model, r = fit(s, recipe, data, vhp, data.split.train, v.phase, hp.epochs)
+        return Candidate(v, model, r, fit_rows=len(data.split.train))
+    runs = [
+        fit(s, recipe, data, vhp, rows, f"{v.phase}-fold{k}", hp.epochs, val=val)
+        for k, (rows, val) in enumerate(plan)
+    ]
+    rows = round(float(np.mean([len(r) for r, _ in plan])))
+    result, se = selection.merged([r for _, r in runs])
+    models = [m for m, _ in runs]
+    return Candidate(v, models[0], result, fit_rows=rows, cv=True, spread=se, folds=models)
 
 
 def refit(
@@ -159,25 +215,65 @@ def refit(
     Small data makes one split's validation curve noisy; refitting wastes no labelled row."""
     split = data.split
     both = np.concatenate([split.train, split.validation])
-    epochs = max(1, round(best.result.best_epoch * len(both) / len(split.train)))
-    chose = f"chose {best.variant.label}; " if best.variant.label else ""
+    epochs = max(1, round(best.result.best_epoch * len(both) / (best.fit_rows or len(split.train))))
+    chose = f"chose {best.label}; " if best.label else ""
+    if best.folds:
+        log.info(f"{chose}serving the mean of its {len(best.folds)} fold models (no refit)")
+        return FoldMean(best.folds).eval(), 0
+    if best.family is not None:
+        log.info(f"{chose}refit on train + validation ({len(both)} rows) for {epochs} rounds")
+        fitted, _ = best.family.fit(data, hp, both, None, epochs)
+        return fitted, epochs
     log.info(f"{chose}refit on train + validation ({len(both)} rows) for {epochs} epochs")
     vhp = replace(hp, **best.variant.overrides)
     model, _ = fit(s, recipe, data, vhp, both, f"{best.variant.phase}-refit", epochs, refit=True)
     return model, epochs
 
 
+def exported(model: nn.Module, data: Encoded) -> nn.Module:
+    """What the graph computes: probabilities, or the prediction in the target's units."""
+    if data.target_scale is None:
+        return Probabilities(model)
+    return Prediction(model, *data.target_scale)
+
+
 @torch.no_grad()
-def score(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int) -> Scores:
-    """fp32 test loss and accuracy (what the exported graph will do), predictions, probabilities."""
-    loss, accuracy = evaluate(model, torch.from_numpy(x), torch.from_numpy(y), batch)
-    probs = np.concatenate(
-        [
-            torch.softmax(model(torch.from_numpy(x[i : i + batch])).float(), dim=1).numpy()
+def score(
+    model: Any, data: Encoded, rows: np.ndarray, batch: int, family: Family | None = None
+) -> Scores:
+    """fp32 test loss and figures (what the exported graph will do), predictions, outputs."""
+    x, y = data.x[rows], data.y[rows]
+    if family is not None:
+        out = family.outputs(model, data, x)
+        z = selection._standardised(family, model, data, rows)
+        loss = _loss_of(data, z, y)
+        accuracy = selection.score_of(data, z, rows)
+    else:
+        weight = None if data.class_weights is None else torch.from_numpy(data.class_weights)
+        loss, accuracy = evaluate(model, torch.from_numpy(x), torch.from_numpy(y), batch, weight)
+        graph = exported(model, data).eval()
+        parts = [
+            graph(torch.from_numpy(x[i : i + batch])).float().numpy()
             for i in range(0, len(x), batch)
         ]
-    )
-    return Scores(loss, accuracy, probs.argmax(axis=1), probs)
+        out = np.concatenate(parts)
+    if data.regression:
+        found = figures.regression(data.targets(rows), out)
+        return Scores(loss, found["r2"], out, out, {f"test_{k}": v for k, v in found.items()})
+    found = figures.classification(y, out)
+    named = {f"test_{k}": v for k, v in found.items()}
+    return Scores(loss, accuracy, out.argmax(axis=1), out, named)
+
+
+def _loss_of(data: Encoded, out: np.ndarray, y: np.ndarray) -> float:
+    """The training loss from outputs: squared error (standardised), or cross-entropy."""
+    if data.regression:
+        return float(np.mean((out.reshape(-1) - y) ** 2))
+    nll = -np.log(np.clip(out[np.arange(len(y)), y], 1e-15, 1.0))
+    if data.class_weights is None:
+        return float(np.mean(nll))
+    w = data.class_weights[y]
+    return float(np.sum(w * nll) / np.sum(w))
 
 
 def trim(ids: np.ndarray, pad_id: int | None) -> np.ndarray:
@@ -192,31 +288,75 @@ def trim(ids: np.ndarray, pad_id: int | None) -> np.ndarray:
 def sample_of(data: Encoded, rows: np.ndarray, trimmed: bool = False) -> Sample:
     x = trim(data.x[rows], data.pad_id) if trimmed else data.x[rows]
     texts = None if data.texts is None else [str(t) for t in data.texts[rows]]
-    return Sample({data.input_name: x}, texts, data.y[rows])
+    return Sample({data.input_name: x}, texts, data.targets(rows))
+
+
+def output_of(data: Encoded) -> str:
+    return contract.PREDICTION_OUTPUT if data.regression else contract.PROBABILITIES_OUTPUT
+
+
+def export_limit(recipe: TrainedRecipe, data: Encoded) -> float:
+    """onnxruntime vs torch: a regression's in the target's units, so scaled by its spread."""
+    return recipe.max_abs_diff * (max(1.0, data.target_scale[1]) if data.target_scale else 1.0)
 
 
 def export_trained(
-    s: Session, recipe: TrainedRecipe, data: Encoded, hp: Any, model: nn.Module, scores: Scores
+    s: Session,
+    recipe: TrainedRecipe,
+    data: Encoded,
+    hp: Any,
+    chosen: tuple[Any, Family | None],
+    scores: Scores,
 ) -> tuple[ExportInfo, float]:
-    """Export, check on validation rows, then score the graph on the test set against torch."""
+    """Export, check on validation rows, then score the graph on the test set against the
+    model it was exported from (torch, or the family's own predictions)."""
+    model, family = chosen
     path = s.paths.model_dir / contract.MODEL_FILE
     check = trim(data.x[data.split.validation][:CHECK_ROWS], data.pad_id)
-    info = export_model(
-        Probabilities(model),
-        path,
-        feeds={data.input_name: check},
-        output_name=contract.PROBABILITIES_OUTPUT,
-        class_names=data.class_names,
-        metadata={**metadata_for(hp.task, hp.recipe, data.class_names), **data.metadata},
-        sequence=data.pad_id is not None,
-        max_abs_diff=recipe.max_abs_diff,
-    )
+    labels = None if data.regression else data.class_names
+    limit = export_limit(recipe, data)
+    metadata = {**metadata_for(task_of(hp, data), hp.recipe, labels), **data.metadata}
+    if family is not None:
+        info = export_family(family, model, data, path, {**metadata, "maas.family": family.name})
+    else:
+        info = export_model(
+            exported(model, data),
+            path,
+            feeds={data.input_name: check},
+            output_name=output_of(data),
+            class_names=labels,
+            metadata=metadata,
+            sequence=data.pad_id is not None,
+            max_abs_diff=limit,
+        )
     test = data.split.test
     feeds = {data.input_name: data.x[test]}
-    _, probs = verify(
-        path, feeds, scores.probabilities, contract.PROBABILITIES_OUTPUT, recipe.max_abs_diff
-    )
-    return info, float((probs.argmax(axis=1) == data.y[test]).mean())
+    _, out = verify(path, feeds, scores.probabilities, output_of(data), limit)
+    if data.regression:
+        return info, figures.regression(data.targets(test), out)["r2"]
+    return info, float((out.argmax(axis=1) == data.y[test]).mean())
+
+
+def export_family(
+    family: Family, model: Any, data: Encoded, path: Path, metadata: dict[str, str]
+) -> ExportInfo:
+    """A family's own converter; the graph is then checked like a torch export."""
+    import onnx
+
+    family.export(model, data, path, metadata)
+    proto = onnx.load(str(path))
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    x = data.x[data.split.validation][:CHECK_ROWS]
+    reference = family.outputs(model, data, x)
+    limit = 1e-3 * (max(1.0, data.target_scale[1]) if data.target_scale else 1.0)
+    diff, got = verify(path, {data.input_name: x}, reference, output_of(data), limit)
+    log.info(f"onnxruntime matches {family.name}: max abs diff {diff:.3g}")
+    return ExportInfo(family.name, opset, int(proto.ir_version), diff, got, reference)
+
+
+def task_of(hp: Any, data: Encoded) -> str:
+    """The job's task, or the one its data decided (a table's label)."""
+    return data.task or hp.task
 
 
 def compress_trained(
@@ -226,24 +366,24 @@ def compress_trained(
     train_rows = data.split.train
     x = trim(data.x[train_rows], data.pad_id)
     check = trim(data.x[data.split.validation][:CHECK_ROWS], data.pad_id)
-    metadata = {**metadata_for(hp.task, hp.recipe, data.class_names), **data.metadata}
+    labels = None if data.regression else data.class_names
+    metadata = {**metadata_for(task_of(hp, data), hp.recipe, labels), **data.metadata}
 
     def export(student: nn.Module, path: Any) -> None:
         export_model(
-            Probabilities(student),
+            exported(student, data),
             path,
             feeds={data.input_name: check},
-            output_name=contract.PROBABILITIES_OUTPUT,
-            class_names=data.class_names,
+            output_name=output_of(data),
+            class_names=labels,
             metadata=metadata,
             sequence=data.pad_id is not None,
-            max_abs_diff=recipe.max_abs_diff,
+            max_abs_diff=export_limit(recipe, data),
         )
 
     lengths = None if data.pad_id is None else (x != data.pad_id).sum(axis=1)
-    return compress.compress(
-        model, (x,), hp, export, s.paths.model_dir, kind="logits", lengths=lengths
-    )
+    kind = "regression" if data.regression else "logits"
+    return compress.compress(model, (x,), hp, export, s.paths.model_dir, kind=kind, lengths=lengths)
 
 
 def train_metrics(
@@ -251,21 +391,28 @@ def train_metrics(
 ) -> dict[str, Any]:
     r, split = best.result, data.split
     return {
-        "task": hp.task,
+        "task": task_of(hp, data),
         "recipe": hp.recipe,
-        "test_accuracy": scores.accuracy,
+        **({} if data.regression else {"test_accuracy": scores.accuracy}),
+        **scores.figures,
         "test_loss": scores.loss,
         **{f"{k}_chosen": v for k, v in best.variant.overrides.items()},
         "candidates": [
             {
+                "candidate": c.label,
                 **c.variant.overrides,
                 "val_loss": c.result.best_val_loss,
+                ("val_r2" if data.regression else "val_accuracy"): c.result.best_val_accuracy,
                 "best_epoch": c.result.best_epoch,
+                **c.measured,
             }
             for c in fits
         ],
+        "selection": f"{selection.CV_FOLDS}-fold cross-validation"
+        if best.cv
+        else "validation split",
         "val_loss": r.best_val_loss,
-        "val_accuracy": r.best_val_accuracy,
+        ("val_r2" if data.regression else "val_accuracy"): r.best_val_accuracy,
         "best_epoch": r.best_epoch,
         "epochs_run": r.epochs_run,
         "stopped_early": r.stopped_early,
@@ -273,7 +420,7 @@ def train_metrics(
         "n_train": len(split.train),
         "n_validation": len(split.validation),
         "n_test": len(split.test),
-        "n_classes": len(data.class_names),
+        **({} if data.regression else {"n_classes": len(data.class_names)}),
         "stratified_split": split.stratified,
         "device": str(s.device),
         "bf16": s.use_bf16,
@@ -332,13 +479,16 @@ def finish_trained(
     """Evaluate, export, score the export and write the model dir (rank 0)."""
     fits, best = chosen
     test = data.split.test
-    scores = score(model, data.x[test], data.y[test], recipe.eval_batch)
-    log.metric_line(test_accuracy=scores.accuracy, test_loss=scores.loss)
-    info, onnx_accuracy = export_trained(s, recipe, data, hp, model, scores)
+    if len(fits) > 1 and data.table_spec is not None:
+        measure_candidates(fits, data)
+    scores = score(model, data, test, recipe.eval_batch, best.family)
+    log.metric_line(**scores.figures, test_loss=scores.loss)
+    info, onnx_accuracy = export_trained(s, recipe, data, hp, (model, best.family), scores)
     compressed = compress_trained(s, recipe, data, hp, model)
+    what = "r2" if data.regression else "accuracy"
     metrics = {
         **train_metrics(hp, data, s, fits, best, scores),
-        "onnx_test_accuracy": onnx_accuracy,
+        f"onnx_test_{what}": onnx_accuracy,
         "refit_epochs": refit_epochs,
         **export_metrics(info),
         "compression": compressed,
@@ -351,26 +501,55 @@ def finish_trained(
         rows = np.sort(rng.permutation(data.split.train)[:CALIBRATION_ROWS])
         calibration = sample_of(data, rows, trimmed=True)
     label = f" ({best.variant.label})" if best.variant.label else ""
-    title = f"{hp.task} / {hp.recipe}{label}: test accuracy {scores.accuracy:.3f}"
-    n_classes = len(data.class_names)
-    schema = {"task": hp.task, **data.schema, "labels": data.class_names}
+    task = task_of(hp, data)
+    title = f"{task} / {hp.recipe}{label}: test {what} {scores.accuracy:.3f}"
+    outputs = (
+        contract.regressor_outputs()
+        if data.regression
+        else contract.classifier_outputs(len(data.class_names))
+    )
+    schema = {"task": task, **data.schema, "labels": data.class_names}
     out = ModelDir(
-        schema={**schema, "outputs": contract.classifier_outputs(n_classes)},
+        schema={**schema, "outputs": outputs},
         labels=data.class_names,
         metrics=metrics,
         sample=sample_of(data, test),
         calibration=calibration,
         text_spec=data.text_spec,
         tokenizer_json=data.tokenizer_json,
-        plot=Plot(best.result.history, data.y[test], scores.predicted, title),
+        plot=Plot(best.result.history, data.targets(test), scores.predicted, title),
+        table_spec=data.table_spec,
     )
     write_model_dir(s.paths, out)
     log.info(
-        f"done: test_accuracy {scores.accuracy:.4f} (onnx {onnx_accuracy:.4f}), best epoch "
+        f"done: test_{what} {scores.accuracy:.4f} (onnx {onnx_accuracy:.4f}), best epoch "
         f"{best.result.best_epoch}/{best.result.epochs_run}, {metrics['total_seconds']:.1f}s; "
         f"wrote {s.paths.model_dir}"
     )
     return metrics
+
+
+def measure_candidates(fits: list[Candidate], data: Encoded) -> None:
+    """Each candidate's ONNX size and batch-1 latency, for metrics.json and the manifest (the
+    model each was scored with: the train split's, or the first fold's)."""
+    x1 = np.ascontiguousarray(data.x[data.split.validation][:1])
+    for c in fits:
+        if c.family is not None:
+            family, model = c.family, c.model
+
+            def write(path: Path, family: Family = family, model: Any = model) -> None:
+                family.export(model, data, path, {})
+        else:
+            module = exported(c.model, data)
+
+            def write(path: Path, module: nn.Module = module) -> None:
+                export_plain(module, {data.input_name: x1}, output_of(data), path)
+
+        c.measured = selection.measure(write, x1)
+        log.info(
+            f"candidate {c.label}: {c.measured['size_bytes'] / 1024:.1f} KiB, "
+            f"batch 1 {c.measured['latency_ms_batch1']:.3f} ms"
+        )
 
 
 def _barrier(ctx: DistContext) -> None:

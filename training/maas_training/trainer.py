@@ -1,4 +1,5 @@
-"""Training loop: AdamW + cross-entropy, early stopping on validation loss, checkpoints, DDP."""
+"""Training loop: AdamW + cross-entropy (classes) or squared error (a standardised target),
+early stopping on validation loss, checkpoints, DDP."""
 
 from __future__ import annotations
 
@@ -127,19 +128,51 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def regression(y: torch.Tensor | np.ndarray) -> bool:
+    """Float targets are a regression's (standardised values); int64 ones are class indices."""
+    return bool(y.dtype in (torch.float32, torch.float64, np.float32, np.float64))
+
+
+def loss_of(
+    out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Squared error, or cross-entropy (weighted per class when `weight` is given)."""
+    if regression(y):
+        return F.mse_loss(out.reshape(-1), y.float(), reduction=reduction)
+    return F.cross_entropy(out, y, weight=weight, reduction=reduction)
+
+
+def score_name(y: torch.Tensor | np.ndarray) -> str:
+    """What evaluate's second figure is: R^2 of a regression, accuracy of a classifier."""
+    return "val_r2" if regression(y) else "val_accuracy"
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 8192):
-    """fp32 loss and accuracy (what the exported fp32 graph will do)."""
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch: int = 8192,
+    weight: torch.Tensor | None = None,
+):
+    """fp32 loss (class-weighted when `weight` is given) and accuracy, or R^2 for a regression
+    (what the exported graph will do)."""
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch):
-        logits = model(x[start : start + batch]).float()
+        out = model(x[start : start + batch]).float()
         yb = y[start : start + batch]
-        total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == yb).sum())
+        total_loss += float(loss_of(out, yb, reduction="sum", weight=weight))
+        if not regression(yb):
+            correct += int((out.argmax(dim=1) == yb).sum())
     model.train(was_training)
     n = max(1, len(x))
+    if weight is not None and not regression(y):
+        total_loss *= n / max(float(weight[y].sum()), 1e-12)  # cross-entropy's weighted mean
+    if regression(y):
+        variance = float(torch.var(y.double(), correction=0)) if len(y) else 0.0
+        return total_loss / n, 1.0 - (total_loss / n) / variance if variance > 0 else 0.0
     return total_loss / n, correct / n
 
 
@@ -245,7 +278,9 @@ def _parallel(model: nn.Module, ctx: DistContext, device: torch.device, n: int, 
     return ddp, sampler
 
 
-def _train_epoch(ddp_model, optimizer, xt, yt, order, batch_size: int, autocast, ctx, device):
+def _train_epoch(
+    ddp_model, optimizer, xt, yt, order, batch_size: int, autocast, ctx, device, weight=None
+):
     """One pass over order; the mean train loss over every rank's rows."""
     ddp_model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float32)
@@ -254,7 +289,7 @@ def _train_epoch(ddp_model, optimizer, xt, yt, order, batch_size: int, autocast,
         xb, yb = xt[idx], yt[idx]
         with autocast():
             logits = ddp_model(xb)
-        loss = F.cross_entropy(logits.float(), yb)
+        loss = loss_of(logits.float(), yb, weight=weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -270,7 +305,9 @@ def _train_epoch(ddp_model, optimizer, xt, yt, order, batch_size: int, autocast,
     return train_loss
 
 
-def _record(p: _Progress, ctx, model, epoch: int, train_loss: float, val: tuple, patience: int):
+def _record(
+    p: _Progress, ctx, model, epoch: int, train_loss: float, val: tuple, patience: int, score: str
+):
     """Early-stopping bookkeeping for one epoch (every rank takes the same decision)."""
     val_loss, val_acc = val
     if not math.isfinite(train_loss) or not math.isfinite(val_loss):
@@ -292,10 +329,10 @@ def _record(p: _Progress, ctx, model, epoch: int, train_loss: float, val: tuple,
         p.bad_epochs += 1
     p.stopped = p.bad_epochs >= patience
     p.history.append(
-        {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc}
+        {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, score: val_acc}
     )
     if ctx.is_main:
-        log.metric_line(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc)
+        log.metric_line(epoch=epoch, train_loss=train_loss, val_loss=val_loss, **{score: val_acc})
 
 
 def train(
@@ -317,16 +354,21 @@ def train(
     checkpointer: Checkpointer | None,
     keep_last: bool = False,
     eval_batch: int = 8192,
+    class_weights: np.ndarray | None = None,
 ) -> TrainResult:
     """Train with early stopping on validation loss; restores the best epoch's weights.
 
     keep_last: keep the final weights instead (a refit, whose "validation" is in-sample).
+    class_weights: per class, in the training and the validation loss alike (imbalance).
     """
     t0 = time.perf_counter()
     model.to(device)
     xt, yt = torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device)
     xv, yv = torch.from_numpy(x_val).to(device), torch.from_numpy(y_val).to(device)
     optimizer = _adamw(model, learning_rate, weight_decay)
+    weight = None
+    if class_weights is not None:
+        weight = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     p = _Progress(best_state=_state_to_cpu(model.state_dict()))
     resumed_from = _resume(checkpointer, ctx, model, optimizer, p)
     ddp_model, sampler = _parallel(model, ctx, device, len(xt), seed)
@@ -343,8 +385,11 @@ def train(
             order = torch.tensor(list(iter(sampler)), dtype=torch.long, device=device)
         else:
             order = torch.randperm(len(xt), device="cpu").to(device)
-        loss = _train_epoch(ddp_model, optimizer, xt, yt, order, batch_size, autocast, ctx, device)
-        _record(p, ctx, model, epoch, loss, evaluate(model, xv, yv, eval_batch), patience)
+        loss = _train_epoch(
+            ddp_model, optimizer, xt, yt, order, batch_size, autocast, ctx, device, weight
+        )
+        val = evaluate(model, xv, yv, eval_batch, weight)
+        _record(p, ctx, model, epoch, loss, val, patience, score_name(y_val))
         if checkpointer is not None:
             checkpointer.save(p.checkpoint(epoch, model, optimizer))
         if p.stopped:

@@ -49,7 +49,7 @@ class Encoded:
     """A trained recipe's rows, encoded for its model, and what the model dir records of them."""
 
     x: np.ndarray  # model input rows: float32 feature values or int64 token ids
-    y: np.ndarray  # int64 class index per row
+    y: np.ndarray  # int64 class index per row; a regression's float32 standardised target
     split: Split
     class_names: list[str]
     input_name: str  # the graph input (sample.npz: INPUT_PREFIX + input_name)
@@ -66,10 +66,39 @@ class Encoded:
     threads_width: int | None = None  # CPU: torch threads from batch x width (None: torch's)
     metrics: dict[str, Any] = field(default_factory=dict)  # recipe-specific metrics.json entries
     builder_args: dict[str, Any] = field(default_factory=dict)  # for this recipe's build only
+    task: str = ""  # the task the data decided (a table's label), when the job named none
+    target_scale: tuple[float, float] | None = None  # regression: the target's (mean, std)
+    table_spec: dict[str, Any] | None = None  # table.json (maas/serving/tableprep.py)
+    class_weights: np.ndarray | None = None  # per class, in every loss (balance_classes=1)
+
+    @property
+    def regression(self) -> bool:
+        return self.target_scale is not None
+
+    def targets(self, rows: np.ndarray) -> np.ndarray:
+        """The rows' targets as the model dir records them: class index, or the value."""
+        if self.target_scale is None:
+            return self.y[rows]
+        mean, std = self.target_scale
+        return self.y[rows].astype("float64") * std + mean
 
 
 def single(hp: Hyperparameters) -> list[Variant]:
     return [Variant(hp.recipe)]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family fitted outside the torch loop (gradient-boosted trees), compared with the
+    recipe's torch variants on the same rows by the same validation loss."""
+
+    name: str
+    # (data, hp, rows, validation rows or None, rounds) -> (fitted, validation loss): early-
+    # stopped on the validation rows, or exactly `rounds` rounds without them (a refit).
+    fit: Callable[[Encoded, Hyperparameters, np.ndarray, np.ndarray | None, int | None], Any]
+    rounds: Callable[[Any], int]  # the rounds a fit chose
+    outputs: Callable[[Any, Encoded, np.ndarray], np.ndarray]  # the exported graph's output
+    export: Callable[[Any, Encoded, Path, dict[str, str]], None]  # writes model.onnx
 
 
 @dataclass(frozen=True)
@@ -84,6 +113,7 @@ class TrainedRecipe:
     eval_batch: int = 8192
     max_abs_diff: float = 1e-3  # onnxruntime vs torch, probabilities
     calibration: bool = True  # write calibration.npz (static quantization)
+    families: tuple[Family, ...] = ()  # compared beside the torch variants (see Family)
     trains = True
 
 
@@ -115,7 +145,17 @@ class PretrainedRecipe:
     trains = False
 
 
-Recipe = TrainedRecipe | PretrainedRecipe
+@dataclass(frozen=True)
+class GenerativeRecipe:
+    """A text-generation recipe: it runs its own steps (maas_training.lmsteps ends them all)."""
+
+    task: str
+    name: str
+    run: Callable[[Paths, Hyperparameters], dict[str, Any]]
+    trains: bool = True
+
+
+Recipe = TrainedRecipe | PretrainedRecipe | GenerativeRecipe
 REGISTRY: dict[tuple[str, str], Recipe] = {}
 
 
@@ -134,6 +174,12 @@ def load_all() -> dict[tuple[str, str], Recipe]:
     for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         importlib.import_module(f"{__name__}.{module.name}")
     return REGISTRY
+
+
+def task_key(task: str) -> str:
+    """The registry's task for a job's: a table whose task the label decides is looked up
+    under the default (the tabular recipes register the same functions for both)."""
+    return task or contract.DEFAULT_TASK
 
 
 def get(task: str, name: str) -> Recipe:

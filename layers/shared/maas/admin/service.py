@@ -77,7 +77,8 @@ class VersionInfo(BaseModel):
     recipe: str | None
     metrics: dict[str, Any] = Field(
         description="Served quality (accuracy, ...), latency_ms, sizes, from the optimizer; "
-        "candidates: what each candidate measured (compression candidates included)."
+        "candidates: what each optimizer candidate measured (compression candidates included); "
+        "model_candidates and selection: the model families a table's training compared."
     )
 
 
@@ -127,8 +128,8 @@ def version_info(record: VersionRecord, alias: Alias | None) -> VersionInfo:
     elif alias is not None and alias.canary_version == record.version:
         role = "canary"
     metrics: dict[str, Any] = dict(s.get("served_quality") or {})
-    keys = ("fp32_test_accuracy", "latency_ms", "size_bytes", "fp32_size_bytes", "plot")
-    for key in (*keys, "candidates"):
+    keys = ("fp32_test_accuracy", "fp32_test_r2", "latency_ms", "size_bytes", "fp32_size_bytes")
+    for key in (*keys, "plot", "task", "candidates", "model_candidates", "selection"):
         if s.get(key) is not None:
             metrics[key] = s[key]
     return VersionInfo(

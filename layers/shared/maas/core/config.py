@@ -1,13 +1,13 @@
 """Environment variables as a model: each function declares the environment it reads, once.
 
 One dataclass per function (IngestSettings, OptimizeSettings, InferenceSettings,
-AdminSettings), each field naming its variable, its default (none: required) and its bounds,
-checked and coerced on construction the way pydantic's lax mode reads environment strings
-("30" -> 30, "false" -> False). A required variable that is unset or empty fails from_env()
-with an error naming it. Not pydantic on purpose: the inference function reads its settings
-on its cold path, and importing pydantic and building a model costs a cold inference function
-more than its whole budget over importing onnxruntime (bench/coldstart.py). Job specs and the
-wire schema, which validate what users send, stay pydantic models.
+PredictSettings, AdminSettings), each field naming its variable, its default (none: required)
+and its bounds, checked and coerced on construction the way pydantic's lax mode reads
+environment strings ("30" -> 30, "false" -> False). A required variable that is unset or empty
+fails from_env() with an error naming it. Not pydantic on purpose: the inference function reads
+its settings on its cold path, and importing pydantic and building a model costs a cold
+inference function more than its whole budget over importing onnxruntime (bench/coldstart.py).
+Job specs and the wire schema, which validate what users send, stay pydantic models.
 
 FUNCTION_SETTINGS maps template.yaml's functions to their models: the template checks and the
 tests' environment resets are derived from it.
@@ -123,6 +123,8 @@ class InferenceSettings(EnvSettings):
     function_memory_mb: int = setting("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 1769, ge=128)
     # /tmp: Lambda's only writable path.
     model_cache_dir: str = setting("MODEL_CACHE_DIR", "/tmp/maas-models")  # noqa: S108
+    # Models above this load from memory, not /tmp (512 MB unless EphemeralStorage says more).
+    model_memory_load_mb: float = setting("MODEL_MEMORY_LOAD_MB", 400.0, ge=0)
     # SnapStart: models whose prod version init loads ("a,b", or "*" for every prod model).
     preload_models: str | None = setting("PRELOAD_MODELS", None)
 
@@ -130,6 +132,18 @@ class InferenceSettings(EnvSettings):
     def session_cache_bytes(self) -> int:
         mb = self.session_cache_mb or self.function_memory_mb / 2
         return int(mb * 1024 * 1024)
+
+
+@dataclass(kw_only=True)
+class PredictSettings(InferenceSettings):
+    """The batch-prediction function: the inference function's model store, plus its queue."""
+
+    data_bucket: str = setting("DATA_BUCKET")
+    predict_queue_url: str = setting("PREDICT_QUEUE_URL")
+    # Rows per chunk: each chunk is one SQS message and one invocation.
+    chunk_rows: int = setting("PREDICT_CHUNK_ROWS", 10_000, ge=1, le=1_000_000)
+    # The largest input file the function reads (it holds the file in memory).
+    max_input_mb: float = setting("PREDICT_MAX_INPUT_MB", 512.0, gt=0)
 
 
 @dataclass(kw_only=True)
@@ -142,6 +156,7 @@ FUNCTION_SETTINGS: dict[str, type[EnvSettings]] = {
     "IngestFunction": IngestSettings,
     "OptimizeFunction": OptimizeSettings,
     "InferenceFunction": InferenceSettings,
+    "PredictFunction": PredictSettings,
     "AdminFunction": AdminSettings,
 }
 

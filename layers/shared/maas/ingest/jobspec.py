@@ -6,7 +6,7 @@ Constraints live here so a bad spec fails before anything is started.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
@@ -16,6 +16,7 @@ from maas.core.names import MODEL_NAME_RE
 # The contract's tables as types, so a bad task or recipe names the choices.
 Task = Literal[contract.TASKS]  # type: ignore[valid-type]
 Recipe = Literal[contract.ALL_RECIPES]  # type: ignore[valid-type]
+ColumnRole = Literal["numeric", "boolean", "categorical", "datetime", "text", "ignore"]
 
 COLUMN_RE = r"^[^\x00-\x1f]{1,128}$"
 
@@ -43,6 +44,11 @@ HYPERPARAMETER_BOUNDS: dict[str, dict[str, Any]] = {
     # Compression candidates: at most 8 students, distilled for at most a day in all.
     "compress_candidates": {"ge": 0, "le": 8},
     "compress_seconds": {"ge": 1, "le": 86_400},
+    "max_columns": {"ge": 1, "le": 100_000},
+    "balance_classes": {"ge": 0, "le": 1},
+    "vocab_size": {"ge": 259, "le": 1 << 18},
+    "attention_heads": {"ge": 1, "le": 256},
+    "lora_rank": {"ge": 0, "le": 1024},
 }
 # Text-recipe knobs a job.json leaves unset stay unsent: the training job applies the contract's
 # defaults (and the recipe's) itself.
@@ -52,6 +58,9 @@ UNSENT_UNLESS_SET = (
     "max_length",
     "compress_candidates",
     "compress_seconds",
+    "vocab_size",
+    "attention_heads",
+    "lora_rank",
 )
 
 
@@ -81,16 +90,28 @@ class QualityGate(BaseModel):
     max_accuracy_drop: float = Field(default=0.01, ge=0, le=1)
     # Smallest mean cosine similarity to fp32 outputs (embedding models).
     min_cosine: float = Field(default=0.99, ge=0, le=1)
+    # Largest drop in test R^2 a quantized regressor may show vs fp32.
+    max_r2_drop: float = Field(default=0.01, ge=0, le=1)
     # A model whose fp32 test accuracy is below this is REJECTED outright.
     min_accuracy: float = Field(default=0.0, ge=0, le=1)
+    # Text generation: largest relative perplexity increase over fp32 (0.05 = 5 %) on held-out
+    # text, and the smallest top-1 next-token agreement with fp32 (teacher-forced).
+    max_perplexity_increase: float = Field(default=0.05, ge=0, le=10)
+    min_agreement: float = Field(default=0.95, ge=0, le=1)
 
 
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: Task = contract.DEFAULT_TASK
+    # None: a table, and its label decides classification or regression (the training job
+    # says why in its log).
+    task: Task | None = None
     label: str = Field(default=contract.DEFAULT_LABEL, pattern=COLUMN_RE)
     text: str = Field(default=contract.DEFAULT_TEXT, pattern=COLUMN_RE)
+    # Tables: a column's type where the training job's own typing should not decide.
+    columns: dict[Annotated[str, Field(pattern=COLUMN_RE)], ColumnRole] = Field(
+        default_factory=dict, max_length=10_000
+    )
     # Model family within the task (contract.RECIPES): classification "auto" (depth chosen on
     # validation, then refit) or "mlp"; text-classification "ngram" (default), "finetune" (a
     # pretrained encoder, base_model, with a head) or "import"; embedding "import".
@@ -107,30 +128,43 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _recipe_fits_task(self) -> JobSpec:
-        recipes = contract.RECIPES[self.task]
+        recipes = contract.RECIPES[self.effective_task]
         if self.recipe is not None and self.recipe not in recipes:
             raise ValueError(
-                f"recipe {self.recipe!r} does not apply to task {self.task!r}; "
+                f"recipe {self.recipe!r} does not apply to task {self.effective_task!r}; "
                 f"choose one of: {', '.join(recipes)}"
             )
         if self.effective_recipe == "finetune" and not self.base_model:
             raise ValueError("recipe 'finetune' needs base_model: the pretrained model to tune")
         if self.base_model and self.effective_recipe != "finetune":
             raise ValueError("base_model applies to recipe 'finetune' only")
+        if self.columns and self.effective_task not in contract.TABULAR_TASKS:
+            raise ValueError("columns applies to tables (classification, regression) only")
         return self
 
     @property
+    def effective_task(self) -> str:
+        """The task as far as job.json says: a table's may still turn out to be regression."""
+        return self.task or contract.DEFAULT_TASK
+
+    @property
     def effective_recipe(self) -> str:
-        return self.recipe or contract.default_recipe(self.task)
+        return self.recipe or contract.default_recipe(self.effective_task)
 
     def hyperparameters_for_sagemaker(self) -> dict[str, str]:
         """SageMaker passes hyperparameters as strings; JSON-encode each, as script mode does."""
         hp: dict[str, Any] = self.hyperparameters.model_dump(exclude_none=True)
         given = self.hyperparameters.model_fields_set
-        for key, value in contract.RECIPE_DEFAULTS.get(self.effective_recipe, {}).items():
+        for key, value in contract.recipe_defaults(
+            self.effective_task, self.effective_recipe
+        ).items():
             if key not in given:
                 hp[key] = value
-        hp.update({"task": self.task, "label": self.label, "text": self.text})
+        hp.update({"label": self.label, "text": self.text})
+        if self.task is not None:
+            hp["task"] = self.task
+        if self.columns:
+            hp["columns"] = json.dumps(self.columns, sort_keys=True)
         if self.recipe:
             hp["recipe"] = self.recipe
         return {k: json.dumps(v) for k, v in hp.items()}
@@ -159,7 +193,8 @@ def parse_job_json(raw: bytes, *, pretrained: bool = False) -> JobSpec:
     if spec.effective_recipe != "import":
         raise InvalidJobSpec(
             "a pretrained/ upload is imported: its job.json takes recipe 'import' "
-            "(task 'embedding', or 'text-classification' for a sequence-classification model)"
+            "(task 'embedding', 'text-classification' for a sequence-classification model, "
+            "'text-generation' for a causal LM)"
         )
     return spec
 

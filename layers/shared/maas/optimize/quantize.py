@@ -30,8 +30,8 @@ recipes registered in ``maas.optimize.recipes.RECIPES``:
    Scored in runs of BATCH_N rows: dynamic int8 takes one activation scale over the whole
    batch, so a row's result depends on its batch-mates; BATCH_N matches the timed batch.
 3. ``gate``: classification passes when ``fp32_accuracy - accuracy <= max_accuracy_drop``
-   (without targets: ``1 - agreement <= max_accuracy_drop``); embedding passes when
-   ``cosine_mean >= min_cosine``.
+   (without targets: ``1 - agreement <= max_accuracy_drop``); regression when
+   ``fp32_r2 - r2 <= max_r2_drop``; embedding when ``cosine_mean >= min_cosine``.
 4. ``time_side_by_side``: all candidates in one process, interleaved round-robin (the starting
    candidate rotates every round) so that clock and thermal drift hit all of them alike:
    batch 1 (first sample row) and batch N (min(32, n) rows); p50 and p90 in ms.
@@ -66,7 +66,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from maas.core.contract import EMBEDDING_OUTPUT, PROBABILITIES_OUTPUT, TARGET_KEY
+from maas.core.contract import (
+    EMBEDDING_OUTPUT,
+    PREDICTION_OUTPUT,
+    PROBABILITIES_OUTPUT,
+    TARGET_KEY,
+)
 from maas.optimize import recipes
 from maas.optimize.feeds import Feeds, feeds_for, n_rows, rows
 from maas.optimize.recipes import Recipe, RecipeInput
@@ -78,6 +83,7 @@ FP32 = "fp32"  # the reference's name among the candidates; no recipe takes it
 
 CLASSIFICATION_TASKS = ("classification", "text-classification")
 EMBEDDING_TASKS = ("embedding",)
+REGRESSION_TASKS = ("regression",)
 
 BATCH_N = 32
 EVAL_CHUNK_ROWS = BATCH_N  # rows per run when scoring: dynamic int8 scales span the batch
@@ -179,7 +185,7 @@ class Reference:
     candidate: Candidate
     session: ort.InferenceSession
     interface: Interface
-    kind: str  # classification | embedding
+    kind: str  # classification | regression | embedding
     feeds: Feeds  # the whole sample
     feeds1: Feeds  # its first row (batch-1 timing, smoke runs)
     feeds_n: Feeds  # its first batch_n rows (batch-N timing)
@@ -198,6 +204,8 @@ class Reference:
             if self.targets is not None:
                 q = {"accuracy": float(np.mean(pred == self.targets)), **q}
             return q
+        if self.kind == "regression":
+            return _regression_quality(out.reshape(-1), self.expected.reshape(-1), self.targets)
         cos = _cosine_rows(out, self.expected)
         return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
 
@@ -214,6 +222,7 @@ def optimize_model(
     task: str = "classification",
     max_accuracy_drop: float = 0.01,
     min_cosine: float = 0.99,
+    max_r2_drop: float = 0.01,
     threads: int | None = None,
     timing_repeats: int = 200,
     timing_budget_s: float = 20.0,
@@ -256,7 +265,7 @@ def optimize_model(
         more, base_sessions = build_base(ref, base, inp, threads, notes)
         candidates += more
         sessions |= base_sessions
-    gate(candidates[1:], ref.candidate, kind, max_accuracy_drop, min_cosine)
+    gate(candidates[1:], ref.candidate, kind, max_accuracy_drop, min_cosine, max_r2_drop)
     timed = [c for c in candidates if c.recipe in sessions]
     rounds = time_side_by_side(timed, sessions, ref, timing_repeats, timing_budget_s)
     chosen, reason = choose(ref.candidate, candidates, ref.batch_n, min_speedup)
@@ -266,9 +275,10 @@ def optimize_model(
         fp32=ref.candidate,
         reason=reason,
         task=task,
-        gate={"min_cosine": min_cosine}
-        if kind == "embedding"
-        else {"max_accuracy_drop": max_accuracy_drop},
+        gate={
+            "embedding": {"min_cosine": min_cosine},
+            "regression": {"max_r2_drop": max_r2_drop},
+        }.get(kind, {"max_accuracy_drop": max_accuracy_drop}),
         preprocess=how,
         timing={
             "threads": threads or 1,
@@ -290,6 +300,8 @@ def _task_kind(task: str) -> str:
         return "classification"
     if task in EMBEDDING_TASKS:
         return "embedding"
+    if task in REGRESSION_TASKS:
+        return "regression"
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -321,7 +333,14 @@ def reference(
             notes.append(f"calibration data unusable ({e})")
 
     targets: np.ndarray | None = None
-    if kind == "classification":
+    if kind == "regression":
+        out_name = PREDICTION_OUTPUT
+        if TARGET_KEY not in sample:
+            raise ValueError("a regression's sample needs its targets (the R^2 gate)")
+        targets = np.asarray(sample[TARGET_KEY], dtype=np.float64).reshape(-1)
+        if targets.shape[0] != n:
+            raise ValueError(f"sample target has {targets.shape[0]} rows, inputs have {n}")
+    elif kind == "classification":
         out_name = _prob_name(interface[1])
         if TARGET_KEY in sample:
             targets = np.asarray(sample[TARGET_KEY]).reshape(-1).astype(np.int64)
@@ -505,6 +524,17 @@ def _embedding_name(outputs: list[tuple[str, str]]) -> str:
     return EMBEDDING_OUTPUT if EMBEDDING_OUTPUT in names else names[0]
 
 
+def _regression_quality(
+    out: np.ndarray, expected: np.ndarray, targets: np.ndarray | None
+) -> dict[str, float]:
+    """R^2 on the sample's targets, and the largest difference from fp32's prediction."""
+    y = np.asarray(targets, dtype=np.float64)
+    pred = out.astype(np.float64)
+    sst = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((pred - y) ** 2)) / sst if sst > 0 else 0.0
+    return {"r2": r2, "max_abs_diff": float(np.max(np.abs(pred - expected))) if len(y) else 0.0}
+
+
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a.reshape(a.shape[0], -1).astype(np.float64)
     b = b.reshape(b.shape[0], -1).astype(np.float64)
@@ -524,12 +554,18 @@ def gate(
     kind: str,
     max_accuracy_drop: float,
     min_cosine: float,
+    max_r2_drop: float = 0.01,
 ) -> None:
     """Set passed_gate and the reason on every candidate that built and ran."""
     for cand in quantized:
         if not cand.ok:
             continue
-        if kind == "classification":
+        if kind == "regression":
+            drop = fp32.quality["r2"] - cand.quality["r2"]
+            cand.passed_gate = drop <= max_r2_drop + GATE_EPS
+            op = "<=" if cand.passed_gate else ">"
+            cand.reason = f"R^2 drop {drop:.4f} {op} {max_r2_drop:.4f}"
+        elif kind == "classification":
             if "accuracy" in cand.quality:
                 drop = fp32.quality["accuracy"] - cand.quality["accuracy"]
                 what = "accuracy drop"
@@ -614,6 +650,15 @@ def _speedups(fp32: Candidate, c: Candidate) -> tuple[float, float]:
     return s1, sn
 
 
+def ruled_out(c: Candidate) -> str:
+    """Why a candidate cannot be chosen whatever its speed (it failed, or failed the gate)."""
+    if not c.ok:
+        return f"{c.recipe}: {c.error}"
+    if not c.passed_gate:
+        return f"{c.recipe}: failed gate ({c.reason})"
+    return ""
+
+
 def choose(
     fp32: Candidate,
     candidates: list[Candidate],
@@ -624,11 +669,9 @@ def choose(
     eligible: list[Candidate] = []
     losers: list[str] = []
     for c in candidates[1:]:
-        if not c.ok:
-            losers.append(f"{c.recipe}: {c.error}")
-            continue
-        if not c.passed_gate:
-            losers.append(f"{c.recipe}: failed gate ({c.reason})")
+        out = ruled_out(c)
+        if out:
+            losers.append(out)
             continue
         s1, sn = _speedups(fp32, c)
         floor = 1.0 / min_speedup

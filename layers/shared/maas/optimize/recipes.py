@@ -21,6 +21,13 @@ DYNAMIC_PER_TENSOR = "dynamic-int8-per-tensor"
 DYNAMIC_PER_CHANNEL = "dynamic-int8-per-channel"
 STATIC_QDQ_PER_CHANNEL = "static-qdq-int8-per-channel"
 FUSED_DYNAMIC_PER_CHANNEL = "fused-dynamic-int8-per-channel"
+# Text generation: weight-only MatMulNBits, 4-bit (block size, accuracy level, an 8-bit output
+# head as measured choices) beside dynamic int8.
+INT4_BLOCK32 = "int4-block32"
+INT4_BLOCK128 = "int4-block128"
+INT4_BLOCK32_ACC4 = "int4-block32-acc4"
+INT4_BLOCK32_HEAD_INT8 = "int4-block32-head-int8"
+TEXT_GENERATION = "text-generation"
 # Transformer graphs ONNX Runtime's offline fusions (onnxruntime.transformers) know.
 FUSABLE_MODEL_TYPES = ("bert",)
 
@@ -35,7 +42,8 @@ CALIBRATION_MAX_ROWS = 1024
 
 def default_op_types(task: str) -> tuple[str, ...]:
     # Text models keep most of their weights in an embedding table: Gather too.
-    return CLASSIFICATION_OP_TYPES if task == "classification" else EMBEDDING_OP_TYPES
+    tabular = task in ("classification", "regression")
+    return CLASSIFICATION_OP_TYPES if tabular else EMBEDDING_OP_TYPES
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,52 @@ def build_fused_dynamic(inp: RecipeInput, dst: Path) -> str:
     return "fused " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items()))
 
 
+def _head_node(graph: Any) -> str | None:
+    """The MatMul that produces the logits (the output head), by name."""
+    for node in graph.node:
+        if node.op_type == "MatMul" and "logits" in node.output:
+            return str(node.name)
+    return None
+
+
+def _nbits(src: Any, bits: int, block: int, accuracy: int | None, **nodes: Any) -> Any:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(
+        src, bits=bits, block_size=block, is_symmetric=True, accuracy_level=accuracy, **nodes
+    )
+    q.process()
+    return q.model.model
+
+
+def build_weight_only(
+    inp: RecipeInput, dst: Path, block: int, accuracy: int | None, head_bits: int = 4
+) -> str:
+    """4-bit weight-only MatMulNBits (symmetric, per block), the head at head_bits."""
+    import onnx
+
+    model = onnx.load(str(inp.fp32))
+    head = _head_node(model.graph)
+    if head_bits == 4 or head is None:
+        out = _nbits(model, 4, block, accuracy)
+    else:
+        out = _nbits(model, 4, block, accuracy, nodes_to_exclude=[head])
+        out = _nbits(out, head_bits, block, accuracy, nodes_to_include=[head])
+    onnx.save(out, str(dst))
+    n = sum(1 for node in out.graph.node if node.op_type == "MatMulNBits")
+    level = "" if accuracy is None else f", accuracy_level {accuracy}"
+    head_note = f", output head {head_bits}-bit" if head_bits != 4 and head else ""
+    return f"{n} MatMulNBits, block {block}{level}{head_note}"
+
+
+def is_text_generation(inp: RecipeInput) -> bool:
+    return inp.task == TEXT_GENERATION
+
+
+def not_text_generation(inp: RecipeInput) -> bool:
+    return inp.task != TEXT_GENERATION
+
+
 def has_calibration(inp: RecipeInput) -> bool:
     return inp.calibration is not None
 
@@ -208,7 +262,7 @@ def is_fusable_transformer(inp: RecipeInput) -> bool:
 
 # Built and listed in this order (the manifest's candidates follow it, after fp32).
 RECIPES: tuple[Recipe, ...] = (
-    Recipe(DYNAMIC_PER_TENSOR, build_dynamic_per_tensor),
+    Recipe(DYNAMIC_PER_TENSOR, build_dynamic_per_tensor, applies=not_text_generation),
     Recipe(DYNAMIC_PER_CHANNEL, build_dynamic_per_channel),
     Recipe(
         STATIC_QDQ_PER_CHANNEL,
@@ -217,4 +271,24 @@ RECIPES: tuple[Recipe, ...] = (
         skipped="no calibration data",
     ),
     Recipe(FUSED_DYNAMIC_PER_CHANNEL, build_fused_dynamic, applies=is_fusable_transformer),
+    Recipe(
+        INT4_BLOCK32,
+        lambda inp, dst: build_weight_only(inp, dst, 32, None),
+        applies=is_text_generation,
+    ),
+    Recipe(
+        INT4_BLOCK128,
+        lambda inp, dst: build_weight_only(inp, dst, 128, None),
+        applies=is_text_generation,
+    ),
+    Recipe(
+        INT4_BLOCK32_ACC4,
+        lambda inp, dst: build_weight_only(inp, dst, 32, 4),
+        applies=is_text_generation,
+    ),
+    Recipe(
+        INT4_BLOCK32_HEAD_INT8,
+        lambda inp, dst: build_weight_only(inp, dst, 32, None, head_bits=8),
+        applies=is_text_generation,
+    ),
 )

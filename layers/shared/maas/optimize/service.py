@@ -18,6 +18,7 @@ from maas.core.contract import (
     CALIBRATION_FILE,
     COMPRESSED_DIR,
     COMPRESSED_FILE,
+    GENERATION_SPEC_FILE,
     LABELS_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
@@ -26,6 +27,8 @@ from maas.core.contract import (
     REQUIRED_MODEL_FILES,
     SAMPLE_FILE,
     SCHEMA_FILE,
+    TABLE_SPEC_FILE,
+    TEXT_GENERATION,
     TEXT_SPEC_FILE,
     TOKENIZER_FILE,
     Manifest,
@@ -212,7 +215,9 @@ class Optimizer:
         if missing:
             raise ValueError(f"model.tar.gz lacks {', '.join(missing)}")
         text_spec, text_files = _text_files(model_dir)
+        generation = model_dir / GENERATION_SPEC_FILE
         plot = model_dir / PLOT_FILE
+        table = model_dir / TABLE_SPEC_FILE
         return Trained(
             dir=model_dir,
             metrics=json.loads((model_dir / METRICS_FILE).read_text()),
@@ -221,6 +226,8 @@ class Optimizer:
             text_spec=text_spec,
             text_files=text_files,
             plot=plot if plot.is_file() else None,
+            table_spec=json.loads(table.read_text()) if table.is_file() else None,
+            generation=json.loads(generation.read_text()) if generation.is_file() else None,
         )
 
 
@@ -235,6 +242,13 @@ class Trained:
     text_spec: dict[str, Any] | None  # text.json, when the model takes text
     text_files: dict[str, Path]  # text.json and the tokenizer file it names, published beside
     plot: Path | None  # training.png, when the job drew one
+    table_spec: dict[str, Any] | None = None  # table.json: the column transforms serving runs
+    generation: dict[str, Any] | None = None  # generation.json (text-generation models)
+
+    @property
+    def task(self) -> str:
+        """What the job trained: a table's label may have made it a regression."""
+        return str(self.schema.get("task") or self.metrics.get("task") or "classification")
 
     @property
     def fp32_accuracy(self) -> float:
@@ -260,6 +274,16 @@ def _select(trained: Trained, spec: JobSpec, workdir: Path) -> Selection:
     from maas.optimize.feeds import load_npz
     from maas.optimize.quantize import optimize_model  # onnx is heavy: only on this path
 
+    if spec.task == TEXT_GENERATION:
+        from maas.optimize.lmsearch import optimize_lm
+
+        return optimize_lm(
+            trained.dir / MODEL_FILE,
+            load_npz(trained.dir / SAMPLE_FILE),
+            workdir,
+            max_perplexity_increase=spec.quality_gate.max_perplexity_increase,
+            min_agreement=spec.quality_gate.min_agreement,
+        )
     calib_path = trained.dir / CALIBRATION_FILE
     bases, notes = compression_bases(trained.dir)
     selection = optimize_model(
@@ -267,9 +291,10 @@ def _select(trained: Trained, spec: JobSpec, workdir: Path) -> Selection:
         load_npz(trained.dir / SAMPLE_FILE),
         load_npz(calib_path) if calib_path.exists() else None,
         workdir,
-        task=spec.task,
+        task=trained.task,
         max_accuracy_drop=spec.quality_gate.max_accuracy_drop,
         min_cosine=spec.quality_gate.min_cosine,
+        max_r2_drop=spec.quality_gate.max_r2_drop,
         transformer=trained.schema.get("transformer"),
         bases=bases,
     )
@@ -311,7 +336,7 @@ def compression_bases(model_dir: Path) -> tuple[list[Base], list[str]]:
 
 def _rejection(spec: JobSpec, trained: Trained) -> str:
     """Why the version is rejected before publishing, or "" when it is not."""
-    if trained.fp32_accuracy >= spec.quality_gate.min_accuracy:
+    if trained.task == "regression" or trained.fp32_accuracy >= spec.quality_gate.min_accuracy:
         return ""
     return (
         f"fp32 test accuracy {trained.fp32_accuracy:.4f} is below the gate's "
@@ -334,7 +359,7 @@ def _manifest(
     manifest: Manifest = {
         "model": model,
         "version": version,
-        "task": spec.task,
+        "task": trained.task,
         "created_at": now_iso(),
         "training_job": job,
         "source": source,
@@ -359,6 +384,12 @@ def _manifest(
             "files": {name: sha256_file(path) for name, path in trained.text_files.items()},
         }
         manifest["graph_inputs"] = schema.get("graph_inputs")
+    if trained.table_spec is not None:
+        # The OIP inputs (one per column, or one matrix) become the graph's by this spec.
+        manifest["table"] = trained.table_spec
+        manifest["graph_inputs"] = schema.get("graph_inputs")
+    if trained.generation is not None:
+        manifest["generation"] = trained.generation
     if trained.plot:
         manifest["plot"] = PLOT_FILE
     return manifest
@@ -390,13 +421,22 @@ def _summary(
         "sha256": digest,
         "size_bytes": chosen.size_bytes,
         "fp32_size_bytes": selection.fp32.size_bytes,
+        "task": trained.task,
         "fp32_test_accuracy": trained.fp32_accuracy,
+        **(
+            {"fp32_test_r2": float(trained.metrics.get("test_r2", 0.0))}
+            if trained.task == "regression"
+            else {}
+        ),
         "served_quality": chosen.quality,
         "latency_ms": chosen.latency_ms,
         "manifest": prefix_uri + MANIFEST_FILE,
         "training_job": job,
         "candidates": [_candidate_line(c, chosen.recipe) for c in selection.candidates],
     }
+    if trained.metrics.get("candidates"):  # the training job's model candidates (tables)
+        summary["model_candidates"] = trained.metrics["candidates"]
+        summary["selection"] = trained.metrics.get("selection")
     if trained.plot:
         summary["plot"] = prefix_uri + PLOT_FILE
     return summary

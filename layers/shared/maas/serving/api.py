@@ -3,8 +3,12 @@ failures become `{"error": ...}` responses (400/413 for the request, 404, 503, e
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -23,7 +27,9 @@ from maas.serving.oip import HEADER_LENGTH, decode_request, encode_infer_respons
 from maas.serving.store import ModelNotFound, ModelStore, ModelUnavailable
 
 logger = logging.getLogger("maas.inference")
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "generate"]
+API_TIMEOUT_S = 30.0  # API Gateway HTTP API's integration timeout
+DEADLINE_MARGIN_S = 1.5
 
 
 class Serving:
@@ -33,6 +39,16 @@ class Serving:
         self._settings: InferenceSettings | None = None
         self._store: ModelStore | None = None
         self.metrics = Metrics("maas-inference")
+        self.context: Any = None  # the invocation's Lambda context (its remaining time)
+
+    def deadline(self) -> float:
+        """When a generation must stop (time.monotonic()): before the function's time limit
+        and API Gateway's 30 s, with a margin to answer."""
+        remaining = API_TIMEOUT_S
+        get = getattr(self.context, "get_remaining_time_in_millis", None)
+        if callable(get):
+            remaining = min(remaining, float(get()) / 1000.0)
+        return time.monotonic() + remaining - DEADLINE_MARGIN_S
 
     def settings(self) -> InferenceSettings:
         if self._settings is None:
@@ -179,3 +195,121 @@ def _grpc_route(method: str) -> None:
 
 for _method in GRPC_METHODS:
     _grpc_route(_method)
+# --- text generation: the OIP generate extension and the OpenAI wire format (buffered) -------
+
+
+def _generator(loaded: Any, model: str) -> Any:
+    if loaded.generator is None:
+        raise ProtocolError(f"model {model!r} is not a text-generation model")
+    return loaded.generator
+
+
+def _generate(s: Serving, gen: Any, ids: list[int], doc: dict[str, Any]) -> Any:
+    from maas.serving.openaiwire import sampling
+
+    params = sampling(doc, len(ids), gen.context_length)
+    started = time.perf_counter()
+    completion = gen.generate(ids, params, s.deadline())
+    s.metrics.add_latency("GenerationLatency", (time.perf_counter() - started) * 1000)
+    return completion
+
+
+@router.post("/v2/models/<model>/generate")
+@router.post("/v2/models/<model>/versions/<version>/generate")
+def generate(s: Serving, request: Request, model: str, version: str | None = None) -> Response:
+    """OIP generate extension: text_input + parameters -> text_output (greedy by default)."""
+    from maas.serving.openaiwire import WireError, oip_generate_request, parse_json
+
+    try:
+        text, params = oip_generate_request(parse_json(request.body()))
+    except WireError as e:
+        raise ProtocolError(str(e)) from None
+    loaded = s.store().get(model, version, canary=True)
+    gen = _generator(loaded, model)
+    try:
+        completion = _generate(s, gen, gen.prompt_ids(text), {"temperature": 0.0, **params})
+    except WireError as e:
+        raise ProtocolError(str(e)) from None
+    body = {
+        "model_name": model,
+        "model_version": str(loaded.version),
+        "text_output": completion.text,
+        "finish_reason": completion.finish_reason,
+        "usage": completion.usage(),
+    }
+    return json_response(200, body)
+
+
+def _openai(handler: Callable[..., Response]) -> Callable[..., Response]:
+    """Errors of a /v1 route in OpenAI's shape instead of the API's."""
+
+    @functools.wraps(handler)
+    def wrapped(s: Serving, request: Request, **kw: str) -> Response:
+        from maas.serving.openaiwire import WireError, openai_error
+
+        try:
+            return handler(s, request, **kw)
+        except WireError as e:
+            return openai_error(e.status, str(e), e.param, e.code)
+        except ModelNotFound as e:
+            return openai_error(404, str(e), "model", "model_not_found")
+        except ProtocolError as e:
+            return openai_error(e.status, str(e))
+        except Exception as e:
+            plain = _error(e)
+            message = json.loads(plain.body).get("error", "error")
+            return openai_error(plain.status, message)
+
+    return wrapped
+
+
+@router.get("/v1/models")
+@_openai
+def openai_models(s: Serving, request: Request) -> Response:
+    from maas.serving.openaiwire import models_body
+
+    return json_response(200, models_body(s.store().generative_models()))
+
+
+@router.post("/v1/completions")
+@_openai
+def openai_completions(s: Serving, request: Request) -> Response:
+    from maas.serving.openaiwire import (
+        check_keys,
+        completion_body,
+        model_name,
+        parse_json,
+        prompt_text,
+    )
+
+    doc = parse_json(request.body())
+    check_keys(doc, {"model", "prompt"})
+    model = model_name(doc)
+    gen = _generator(s.store().get(model, None, canary=True), model)
+    completion = _generate(s, gen, gen.prompt_ids(prompt_text(doc)), doc)
+    return json_response(200, completion_body(model, completion))
+
+
+@router.post("/v1/chat/completions")
+@_openai
+def openai_chat(s: Serving, request: Request) -> Response:
+    from maas.serving.chattemplate import ChatTemplateError
+    from maas.serving.openaiwire import (
+        WireError,
+        chat_body,
+        check_keys,
+        messages,
+        model_name,
+        parse_json,
+    )
+
+    doc = parse_json(request.body())
+    check_keys(doc, {"model", "messages"})
+    model = model_name(doc)
+    msgs = messages(doc)
+    gen = _generator(s.store().get(model, None, canary=True), model)
+    try:
+        ids = gen.chat_ids(msgs)
+    except (ChatTemplateError, ValueError) as e:
+        raise WireError(str(e), "messages") from None
+    return json_response(200, chat_body(model, _generate(s, gen, ids, doc)))

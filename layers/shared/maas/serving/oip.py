@@ -110,6 +110,9 @@ class InferInput:
     datatype: str
     shape: list[int]
     array: np.ndarray
+    # JSON nulls (missing values): True where the request said null; the array holds 0, False
+    # or "" there. None when the data had no null.
+    missing: np.ndarray | None = None
 
 
 @dataclass
@@ -181,10 +184,12 @@ def decode_request(body: bytes | str, header_length: str | int | None = None) ->
         if size is None:
             if "data" not in tensor:
                 raise ProtocolError(f"{where}: 'data' is missing")
-            array = _to_array(tensor["data"], datatype, where)
+            array, missing = _to_array(tensor["data"], datatype, where)
             _check_count(array.size, shape, where, "data has")
             array = array.reshape(shape)
-            inputs.append(InferInput(name, datatype, shape, array))
+            if missing is not None:
+                missing = missing.reshape(shape)
+            inputs.append(InferInput(name, datatype, shape, array, missing))
             continue
         if "data" in tensor:
             raise ProtocolError(f"{where}: has both 'data' and parameters.binary_data_size")
@@ -379,13 +384,36 @@ def _check_count(count: int, shape: list[int], where: str, what: str) -> None:
         raise ProtocolError(f"{where}: shape {shape} needs {needed} elements but {what} {count}")
 
 
-def _to_array(data: Any, datatype: str, where: str) -> np.ndarray:
+def _to_array(data: Any, datatype: str, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """JSON data as an array of the datatype, and where it said null (None: nowhere)."""
     if not isinstance(data, list):
         data = [data]
+    missing = None
+    if _has_null(data):
+        flat = _flatten(data)
+        missing = np.array([x is None for x in flat], dtype=np.bool_)
+        fill: Any = "" if datatype == "BYTES" else False if datatype == "BOOL" else 0
+        data = [fill if x is None else x for x in flat]
+    array = _to_values(data, datatype, where)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ProtocolError(
+            f"{where}: NaN or infinite values (NaN and Infinity are not JSON numbers, and a "
+            f"value may overflow {datatype}); send null for a missing value"
+        )
+    return array, missing
+
+
+def _has_null(data: list[Any]) -> bool:
+    if None in data:
+        return True
+    return bool(data) and isinstance(data[0], list) and None in _flatten(data)
+
+
+def _to_values(data: Any, datatype: str, where: str) -> np.ndarray:
     if datatype == "BYTES":
         flat = _flatten(data)
         if not all(isinstance(x, str) for x in flat):
-            raise ProtocolError(f"{where}: BYTES data must be strings")
+            raise ProtocolError(f"{where}: BYTES data must be strings (or null for missing)")
         for i, x in enumerate(flat):
             # A str of n characters is at most 4n UTF-8 bytes: encode only the long ones.
             if len(x) * 4 > MAX_BYTES_ELEMENT and len(x.encode()) > MAX_BYTES_ELEMENT:

@@ -39,7 +39,7 @@ Datatype = Literal[
 ]
 Dim = Annotated[StrictInt, Field(ge=0)]
 Size = Annotated[StrictInt, Field(ge=0)]
-_SCALAR = {"anyOf": [{"type": "number"}, {"type": "boolean"}, {"type": "string"}]}
+_SCALAR = {"anyOf": [{"type": "number"}, {"type": "boolean"}, {"type": "string"}, {"type": "null"}]}
 # Validated as Any (numpy checks the elements against the datatype, fast); documented as
 # what it is: a flat or nested array of numbers, booleans or strings.
 TensorData = Annotated[
@@ -47,7 +47,8 @@ TensorData = Annotated[
     WithJsonSchema(
         {
             "description": "Tensor elements in row-major order, flat or nested to the shape; "
-            "numbers, true/false for BOOL, UTF-8 strings for BYTES.",
+            "numbers, true/false for BOOL, UTF-8 strings for BYTES; null for a missing value "
+            "(table models impute it; other models refuse it).",
             "type": "array",
             "items": {"anyOf": [_SCALAR, {"type": "array", "items": {}}]},
         }
@@ -133,6 +134,11 @@ class MetadataTensor(_Wire):
     name: str
     datatype: Datatype
     shape: list[int] = Field(description="-1 for a dimension of any size.")
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description="Table models: the column's role (numeric, boolean, categorical, "
+        "datetime, text), one input per column.",
+    )
 
 
 class ModelMetadataResponse(_Wire):

@@ -41,9 +41,10 @@ def session_options(
     return opts
 
 
-def new_session(path: Path | str, threads: int) -> ort.InferenceSession:
+def new_session(model: Path | str | bytes, threads: int) -> ort.InferenceSession:
+    """A session on a model file, or on the model's bytes (one too large for /tmp)."""
     return ort.InferenceSession(
-        str(path),
+        model if isinstance(model, bytes) else str(model),
         sess_options=session_options(threads),
         providers=["CPUExecutionProvider"],
         disabled_optimizers=list(DISABLED_OPTIMIZERS),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from maas.serving.ortsession import new_session
 
 if TYPE_CHECKING:
     from maas.core.config import InferenceSettings
+    from maas.serving.tableserving import TableServing
 
 MB_PER_VCPU = 1769  # Lambda allocates one vCPU per 1769 MB of memory
 log = logging.getLogger(__name__)
@@ -65,6 +67,15 @@ def _reading(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"{what} unavailable, retry later") from None
 
 
+def _epoch(iso: str) -> int:
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
+
+
 def threads_for_memory(memory_mb: int) -> int:
     return max(1, min(6, math.floor(memory_mb / MB_PER_VCPU + 0.5)))
 
@@ -74,9 +85,13 @@ class TensorMeta:
     name: str
     datatype: str
     shape: list[int]
+    parameters: dict[str, Any] | None = None  # a table column's role
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+        doc: dict[str, Any] = {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+        if self.parameters:
+            doc["parameters"] = self.parameters
+        return doc
 
 
 @dataclass
@@ -90,6 +105,9 @@ class LoadedModel:
     # Text models: the OIP input is BYTES "text"; this turns it into the graph's inputs.
     preprocess: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
     size_bytes: int = 0  # model files on disk: what the session cache budgets memory by
+    # Tables: the OIP inputs (one per column, or the matrix) -> the graph's features.
+    table: TableServing | None = None
+    generator: Any = None  # text-generation: maas.serving.generation.Generator
 
     def metadata(self, versions: list[str]) -> dict[str, Any]:
         return {
@@ -101,6 +119,27 @@ class LoadedModel:
         }
 
     def infer(self, request: InferRequest, max_batch: int) -> dict[str, np.ndarray]:
+        if self.generator is not None:
+            raise ProtocolError(
+                f"model {self.model!r} is a text-generation model: use "
+                f"/v2/models/{self.model}/generate or /v1/completions, not /infer"
+            )
+        if self.table is not None:
+            feeds = self.table.feeds(request.inputs, max_batch)
+        else:
+            feeds = self._feeds(request, max_batch)
+        names = [m.name for m in self.outputs]
+        wanted = request.outputs or names
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            raise ProtocolError(f"unknown output(s) {unknown}; the model has {names}")
+        if self.preprocess is not None:
+            feeds = self.preprocess(feeds)
+        results = self.session.run(wanted, feeds)
+        return dict(zip(wanted, results, strict=True))
+
+    def _feeds(self, request: InferRequest, max_batch: int) -> dict[str, np.ndarray]:
+        """The graph's own inputs, checked against its signature."""
         by_name = {t.name: t for t in request.inputs}
         feeds: dict[str, np.ndarray] = {}
         for meta in self.inputs:
@@ -129,21 +168,17 @@ class LoadedModel:
                     )
             if tensor.array.dtype.kind == "f" and not np.isfinite(tensor.array).all():
                 raise ProtocolError(f"input {meta.name!r}: NaN or infinite values")
+            if tensor.missing is not None and tensor.missing.any():
+                raise ProtocolError(
+                    f"input {meta.name!r}: null (missing) values; this model takes none"
+                )
             feeds[meta.name] = tensor.array
         if by_name:
             raise ProtocolError(
                 f"unknown input(s) {sorted(by_name)}; the model takes "
                 f"{[m.name for m in self.inputs]}"
             )
-        names = [m.name for m in self.outputs]
-        wanted = request.outputs or names
-        unknown = [n for n in wanted if n not in names]
-        if unknown:
-            raise ProtocolError(f"unknown output(s) {unknown}; the model has {names}")
-        if self.preprocess is not None:
-            feeds = self.preprocess(feeds)
-        results = self.session.run(wanted, feeds)
-        return dict(zip(wanted, results, strict=True))
+        return feeds
 
 
 @dataclass(frozen=True)
@@ -382,6 +417,23 @@ class ModelStore:
                 (old_model, old_version), _ = self._sessions.popitem(last=False)
                 log.info("evicted %s v%s for %s v%s", old_model, old_version, model, version)
 
+    def generative_models(self) -> list[tuple[str, int]]:
+        """(name, created) of every model whose prod version is a text-generation model."""
+        out = []
+        with _reading(REGISTRY):
+            names = self.registry.list_models()
+        for name in names:
+            try:
+                route = self.route(name)
+                with _reading(REGISTRY):
+                    record = self.registry.get_version(name, route.prod)
+            except (ModelNotFound, ModelUnavailable, NotFound):
+                continue
+            task = ((record.summary or {}).get("spec") or {}).get("task")
+            if task == "text-generation":
+                out.append((name, _epoch(getattr(record, "created_at", "") or "")))
+        return out
+
     def ready_versions(self, model: str) -> list[str]:
         with _reading(REGISTRY):
             versions = self.registry.list_versions(model)
@@ -393,10 +445,12 @@ class ModelStore:
         self._check_ready(model, version)
         prefix = model_prefix(model, version)
         manifest = self._manifest(model, version, prefix)
-        local = self._verified_model_file(model, version, prefix, manifest)
-        size = local.stat().st_size  # ONNX Runtime's memory follows the graph's weights
+        local, in_memory = self._verified_model(model, version, prefix, manifest)
+        # ONNX Runtime's memory follows the graph's weights.
+        size = len(in_memory) if in_memory is not None else local.stat().st_size
         self._make_room(model, version, size)
-        session = new_session(local, threads_for_memory(self.settings.function_memory_mb))
+        threads = threads_for_memory(self.settings.function_memory_mb)
+        session = new_session(in_memory if in_memory is not None else local, threads)
         inputs = [
             TensorMeta(i.name, oip_datatype(i.type), oip_shape(i.shape))
             for i in session.get_inputs()
@@ -405,12 +459,64 @@ class ModelStore:
             TensorMeta(o.name, oip_datatype(o.type), oip_shape(o.shape))
             for o in session.get_outputs()
         ]
-        preprocess = None
-        if manifest.get("text"):
+        preprocess, generator, table = None, None, None
+        if manifest.get("generation"):
+            generator = self._generator(model, version, prefix, manifest, local, session)
+            inputs, outputs = (
+                [TensorMeta("text_input", "BYTES", [1])],
+                [TensorMeta("text_output", "BYTES", [-1])],
+            )
+        elif manifest.get("text"):
             preprocess, inputs = self._text_encoder(model, version, prefix, manifest, local, inputs)
+        elif manifest.get("table"):
+            table, inputs = self._table(model, version, manifest)
         return LoadedModel(
-            model, version, session, manifest, inputs, outputs, preprocess, size_bytes=size
+            model,
+            version,
+            session,
+            manifest,
+            inputs,
+            outputs,
+            preprocess,
+            size,
+            table=table,
+            generator=generator,
         )
+
+    def _table(
+        self, model: str, version: int, manifest: dict[str, Any]
+    ) -> tuple[TableServing, list[TensorMeta]]:
+        """A table's column transforms, and the OIP inputs they take in the graph's place."""
+        from maas.serving.tableserving import TableServing
+
+        try:
+            table = TableServing(manifest["table"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} has an unreadable table spec: {e}"
+            ) from None
+        return table, [TensorMeta(*i) for i in table.inputs()]
+
+    def _generator(
+        self,
+        model: str,
+        version: int,
+        prefix: str,
+        manifest: dict[str, Any],
+        local: Path,
+        session: ort.InferenceSession,
+    ) -> Any:
+        from maas.serving.textserving import TextFilesUnavailable, load_generator
+
+        directory = local.parent / f"{local.stem}.text"
+        try:
+            return load_generator(
+                self.storage, self.settings.artifact_bucket, prefix, manifest, directory, session
+            )
+        except (TextFilesUnavailable, KeyError, ValueError, OSError) as e:
+            raise ModelUnavailable(
+                f"version {version} of model {model!r} cannot load its tokenizer: {e}"
+            ) from None
 
     def _check_ready(self, model: str, version: int) -> None:
         try:
@@ -447,14 +553,45 @@ class ModelStore:
         after a reset, another version, another model)."""
         return self.cache_dir / "sha256" / f"{digest}.onnx"
 
-    def _verified_model_file(
+    def _verified_model(
         self, model: str, version: int, prefix: str, manifest: dict[str, Any]
-    ) -> Path:
-        """model.onnx in the local cache (downloaded if absent), its sha256 the manifest's."""
+    ) -> tuple[Path, bytes | None]:
+        """(the model's cache path, and its bytes when it loads from memory instead): either
+        way its sha256 is the manifest's. A model above MODEL_MEMORY_LOAD_MB never touches
+        /tmp, which holds 512 MB on Lambda unless the function asks for more."""
         expected = str(manifest.get("sha256") or "")
         if not re.fullmatch(r"[0-9a-f]{64}", expected):
             raise ModelUnavailable(f"version {version} of model {model!r}: manifest has no sha256")
         local = self.cache_file(expected)
+        size = int(manifest.get("size_bytes") or 0)
+        if size <= self.settings.model_memory_load_mb * 1024 * 1024:
+            return self._verified_model_file(model, version, prefix, local, expected), None
+        try:
+            with _reading(ARTIFACTS):
+                data = self.storage.get_bytes(self.settings.artifact_bucket, prefix + MODEL_FILE)
+        except ObjectMissing:
+            raise self._missing_model(model, version) from None
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise self._failed_integrity(model, version)
+        return local, data
+
+    @staticmethod
+    def _missing_model(model: str, version: int) -> ModelUnavailable:
+        return ModelUnavailable(
+            f"version {version} of model {model!r} has no {MODEL_FILE} in the artifact bucket"
+        )
+
+    @staticmethod
+    def _failed_integrity(model: str, version: int) -> ModelUnavailable:
+        return ModelUnavailable(
+            f"version {version} of model {model!r} failed its integrity check "
+            "(sha256 differs from the manifest); not loaded"
+        )
+
+    def _verified_model_file(
+        self, model: str, version: int, prefix: str, local: Path, expected: str
+    ) -> Path:
+        """model.onnx in the local cache (downloaded if absent), its sha256 `expected`."""
         if local.exists() and sha256_file(local) == expected:
             return local
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -465,15 +602,10 @@ class ModelStore:
             with _reading(ARTIFACTS):
                 self.storage.download(self.settings.artifact_bucket, prefix + MODEL_FILE, part)
         except ObjectMissing:
-            raise ModelUnavailable(
-                f"version {version} of model {model!r} has no {MODEL_FILE} in the artifact bucket"
-            ) from None
+            raise self._missing_model(model, version) from None
         if sha256_file(part) != expected:
             part.unlink(missing_ok=True)
-            raise ModelUnavailable(
-                f"version {version} of model {model!r} failed its integrity check "
-                "(sha256 differs from the manifest); not loaded"
-            )
+            raise self._failed_integrity(model, version)
         part.replace(local)
         return local
 
@@ -495,7 +627,7 @@ class ModelStore:
                 self.settings.artifact_bucket,
                 prefix,
                 manifest,
-                local.parent / "text",
+                local.with_suffix(".text"),  # beside the model it serves: one per artifact
                 [i.name for i in inputs],
             )
         except (TextFilesUnavailable, ValueError, OSError) as e:

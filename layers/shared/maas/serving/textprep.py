@@ -164,6 +164,58 @@ def pad_token_id(doc: dict[str, Any]) -> int:
     return 0
 
 
+class PromptTokenizer:
+    """Text-generation prompts, tokenized as transformers' ``AutoTokenizer`` does for the folder.
+
+    ``rule`` (generation.json's special_tokens_rule): "tokenizer.json" lets the tokenizer's
+    post-processor add the special tokens; "explicit" adds BOS/EOS itself by add_bos/add_eos
+    (older Llama-family folders). A rendered chat template already holds its special tokens:
+    ``encode(text, special=False)`` adds none, as apply_chat_template tokenizes."""
+
+    def __init__(
+        self,
+        tokenizer_json: str,
+        rule: str = "tokenizer.json",
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        add_bos: bool = False,
+        add_eos: bool = False,
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        if rule not in ("tokenizer.json", "explicit"):
+            raise ValueError(f"unknown special tokens rule {rule!r}")
+        self.rule = rule
+        self.prefix = [bos_id] if rule == "explicit" and add_bos and bos_id is not None else []
+        self.suffix = [eos_id] if rule == "explicit" and add_eos and eos_id is not None else []
+
+    @classmethod
+    def from_spec(cls, tokenizer_json: str, spec: dict[str, Any]) -> PromptTokenizer:
+        eos = spec.get("eos_token_ids") or [None]
+        return cls(
+            tokenizer_json,
+            rule=str(spec.get("special_tokens_rule", "tokenizer.json")),
+            bos_id=spec.get("bos_token_id"),
+            eos_id=eos[0],
+            add_bos=bool(spec.get("add_bos")),
+            add_eos=bool(spec.get("add_eos")),
+        )
+
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        if not special:
+            return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        if self.rule == "explicit":
+            ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+            return [*self.prefix, *ids, *self.suffix]
+        return list(self.tokenizer.encode(text, add_special_tokens=True).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+
 # --------------------------------------------------------------------------- the spec
 
 

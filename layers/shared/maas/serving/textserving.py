@@ -27,16 +27,11 @@ class TextFilesUnavailable(RuntimeError):
     """A text file is missing or fails its sha256: the version cannot serve (503)."""
 
 
-def load_preprocess(
-    storage: Storage,
-    bucket: str,
-    prefix: str,
-    manifest: dict[str, Any],
-    directory: Path,
-    graph_inputs: list[str],
-) -> Preprocess:
-    text = manifest["text"]
-    files: dict[str, str] = text.get("files") or {}
+def fetch_text_files(
+    storage: Storage, bucket: str, prefix: str, manifest: dict[str, Any], directory: Path
+) -> None:
+    """The manifest's text files into directory, each checked against its sha256."""
+    files: dict[str, str] = manifest["text"].get("files") or {}
     directory.mkdir(parents=True, exist_ok=True)
     for name, digest in files.items():
         if "/" in name or name.startswith("."):
@@ -52,7 +47,18 @@ def load_preprocess(
         if sha256_file(local) != digest:
             local.unlink(missing_ok=True)
             raise TextFilesUnavailable(f"{name} failed its integrity check (sha256)")
-    encoder = load_encoder(text["spec"], directory)
+
+
+def load_preprocess(
+    storage: Storage,
+    bucket: str,
+    prefix: str,
+    manifest: dict[str, Any],
+    directory: Path,
+    graph_inputs: list[str],
+) -> Preprocess:
+    fetch_text_files(storage, bucket, prefix, manifest, directory)
+    encoder = load_encoder(manifest["text"]["spec"], directory)
     wanted = list(graph_inputs)
 
     def preprocess(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -64,3 +70,22 @@ def load_preprocess(
         return {name: encoded[name] for name in wanted}
 
     return preprocess
+
+
+def load_generator(
+    storage: Storage,
+    bucket: str,
+    prefix: str,
+    manifest: dict[str, Any],
+    directory: Path,
+    session: Any,
+) -> Any:
+    """A text-generation version's generation loop (maas.serving.generation.Generator)."""
+    from maas.core.contract import TOKENIZER_FILE
+    from maas.serving.generation import Generator
+    from maas.serving.textprep import PromptTokenizer
+
+    fetch_text_files(storage, bucket, prefix, manifest, directory)
+    spec = manifest["generation"]
+    tokenizer_json = (directory / TOKENIZER_FILE).read_text(encoding="utf-8")
+    return Generator(session, spec, PromptTokenizer.from_spec(tokenizer_json, spec))
