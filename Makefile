@@ -7,8 +7,9 @@ KSERVE := $(VENV)/kserve/.installed
 KSERVE_VERSION ?= 0.21.0
 CHECKOV := $(VENV)/checkov/.installed
 CHECKOV_VERSION ?= 3.3.30
+GRPC := $(VENV)/grpc/.installed
 
-.PHONY: setup sam kserve checkov reliability-table demo test unit integration e2e test-fast lint typecheck local build validate openapi clean bench bench-generation bench-streaming llamacpp
+.PHONY: setup sam kserve checkov grpc reliability-table demo test unit integration e2e test-fast lint typecheck local build validate openapi clean bench bench-generation bench-streaming llamacpp
 
 setup: $(VENV)/.installed
 
@@ -43,11 +44,22 @@ $(CHECKOV):
 	$(VENV)/checkov/bin/python -m pip install -q 'checkov==$(CHECKOV_VERSION)'
 	touch $@
 
+# The gRPC clients of tests/e2e/test_grpc_clients.py: connect-python with its code generator
+# (Connect and gRPC-Web), sonora's gRPC-Web channel, grpcio-tools (protoc and the grpc stubs).
+# connect-python's runtime and generator are released in pairs: keep their versions equal.
+grpc: $(GRPC)
+$(GRPC):
+	$(PYTHON) -m venv $(VENV)/grpc
+	$(VENV)/grpc/bin/python -m pip install -q --upgrade pip
+	$(VENV)/grpc/bin/python -m pip install -q 'connect-python==0.9.0' \
+		'protoc-gen-connect-python==0.9.0' 'grpcio-tools==1.85.1' 'sonora==0.2.3' 'numpy==2.4.6'
+	touch $@
+
 demo: setup
 	$(BIN)/maas demo
 
 # Everything: lint, types, then the three tiers in one pytest run.
-test: setup sam kserve checkov
+test: setup sam kserve checkov grpc
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
@@ -61,7 +73,7 @@ unit: setup
 integration: setup sam checkov
 	$(BIN)/python -m pytest tests/integration
 
-e2e: setup kserve
+e2e: setup kserve grpc
 	$(BIN)/python -m pytest tests/e2e
 
 # The benchmark suite (bench/): about 10 minutes on 2 vCPUs. Writes bench/results.json,

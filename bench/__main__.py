@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import coldstart, cost, models, overhead, package, quantization, report, tables, warm
+from . import coldstart, cost, grpc, models, overhead, package, quantization, report, tables, warm
 from . import session_options as so
 from . import throughput as tp
 from .common import BENCH, OUT, REPO, infer_event, loadavg, machine, now_iso, write_json
@@ -232,6 +232,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         stack.stop()
+
+    # -------------------------------------------------------------- the gRPC routes
+    log("gRPC routes: sizes and handler time against REST, cold start with and without them")
+    results["grpc"] = {
+        "warm": grpc.warm(100 if quick else 400),
+        "cold": grpc.cold(3 if quick else 12),
+        "protobuf": grpc.protobuf_size(),
+    }
 
     # -------------------------------------------------------------- regression probe
     log("handler overhead probe (the regression check's measurement)")

@@ -184,17 +184,37 @@ def cmd_versions(args: argparse.Namespace) -> int:
         return 1
     for v in doc["versions"]:
         print(_version_line(v, canary_weight=doc["canary_weight"]))
-        for line in _candidate_lines(v.get("metrics") or {}):
+        for line in model_candidate_lines(v.get("metrics") or {}):
             print(line)
+        if args.candidates:
+            for line in candidate_lines(v.get("metrics", {}).get("candidates") or []):
+                print(f"      {line}")
     return 0
 
 
-def _candidate_lines(metrics: dict[str, Any]) -> list[str]:
+def candidate_lines(candidates: list[dict[str, Any]]) -> list[str]:
+    """The optimizer's candidates: quality against the unpruned fp32 model, latency, size."""
+    out = []
+    for c in candidates:
+        quality = " ".join(f"{k}={v:.4f}" for k, v in (c.get("quality") or {}).items())
+        mark = "<- served" if c.get("served") else ("" if c.get("passed_gate") else "failed gate")
+        if c.get("error"):
+            mark = f"error: {str(c['error'])[:60]}"
+        out.append(
+            f"{c['name']:<44} {c.get('size_bytes', 0) / 2**20:>8.2f} MiB  {quality:<44} "
+            f"batch1 {c.get('batch1_p50_ms', 0):.3f} ms  batchN {c.get('batchN_p50_ms', 0):.3f} ms"
+            f"  {mark}"
+        )
+    return out
+
+
+def model_candidate_lines(metrics: dict[str, Any]) -> list[str]:
     """The model candidates the training job compared (tables), one line each."""
     lines = []
-    if metrics.get("candidates"):
-        lines.append(f"      candidates ({metrics.get('selection') or 'validation split'}):")
-    for c in metrics.get("candidates") or []:
+    candidates = metrics.get("model_candidates") or []
+    if candidates:
+        lines.append(f"      model candidates ({metrics.get('selection') or 'validation split'}):")
+    for c in candidates:
         score = next((f"{k}={c[k]:.4f}" for k in ("val_accuracy", "val_r2") if k in c), "")
         parts = [f"        {c.get('candidate', '?'):<34}", f"val_loss={c['val_loss']:.4f}", score]
         if c.get("size_bytes") is not None:
@@ -353,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list models").set_defaults(func=cmd_models)
     v = sub.add_parser("versions", help="list a model's versions")
     v.add_argument("model")
+    v.add_argument(
+        "--candidates",
+        action="store_true",
+        help="also list what each optimizer candidate measured (compressed ones included)",
+    )
     v.set_defaults(func=cmd_versions)
 
     w = sub.add_parser("wait", help="wait until the latest run is promoted or failed")

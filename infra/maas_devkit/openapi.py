@@ -25,6 +25,7 @@ from typing import Any
 from maas import __version__
 from maas.serving import generateschema as gen
 from maas.serving import oip
+from maas.serving.api import GRPC_METHODS, GRPC_SERVICE
 from maas.serving.http import ERRORS
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -152,6 +153,126 @@ OPERATIONS: tuple[Operation, ...] = (
 )  # fmt: skip
 
 
+# --- the OIP gRPC service over Connect and gRPC-Web (maas.serving.grpcweb) ------------------
+
+# Connect's HTTP status per code, and what each means here (maas.serving.grpcweb.CONNECT_HTTP).
+CONNECT_ERRORS = {
+    400: "invalid_argument: malformed message (protobuf or JSON), or an inconsistent request",
+    404: "not_found: no such model or version",
+    429: "resource_exhausted: message above Lambda's 6 MB, batch above the configured maximum, "
+    "or a BYTES element above 64 KiB",
+    503: "unavailable: the model cannot serve now, or the model store cannot be reached",
+}
+_BINARY = {"type": "string", "format": "binary"}
+CONNECT_ERROR_REF = {"$ref": "#/components/schemas/ConnectError"}
+
+
+def _proto_json_schema(descriptor: Any) -> dict[str, Any]:
+    """A message in protobuf's JSON mapping, as far as a schema can say what parsers accept.
+
+    Field names in both spellings (lowerCamelCase and the .proto's), no other keys, and the
+    types protobuf's parser holds to: strings, booleans, arrays, objects. Numbers and nested
+    messages are left open (the parser takes numbers as strings too, floats as booleans).
+    """
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    def scalar(field: Any) -> dict[str, Any]:
+        if field.type in (F.TYPE_STRING, F.TYPE_BYTES):
+            return {"type": "string"}
+        if field.type == F.TYPE_BOOL:
+            return {"type": "boolean"}
+        return {}
+
+    props: dict[str, Any] = {}
+    for field in descriptor.fields:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            schema: dict[str, Any] = {"type": "object"}
+        elif field.is_repeated:
+            schema = {"type": ["array", "null"], "items": scalar(field)}
+        elif field.message_type is not None:
+            schema = {}
+        else:
+            base = scalar(field)
+            schema = {"type": [base["type"], "null"]} if base else {}
+        for name in dict.fromkeys((field.json_name, field.name)):
+            props[name] = schema
+    return {
+        "type": "object",
+        "title": descriptor.full_name,
+        "properties": props,
+        "additionalProperties": False,
+    }
+
+
+def grpc_operations() -> dict[str, dict[str, Any]]:
+    """`POST /inference.GRPCInferenceService/<Method>`: its messages, both protocols' bodies."""
+    from maas.serving.grpcweb import METHODS
+
+    paths: dict[str, dict[str, Any]] = {}
+    for method in GRPC_METHODS:
+        spec = METHODS[method]
+        request, out = spec.request.DESCRIPTOR, spec.reply.DESCRIPTOR
+        errors = {
+            str(code): {
+                "description": text,
+                "content": {"application/json": {"schema": CONNECT_ERROR_REF}},
+            }
+            for code, text in CONNECT_ERRORS.items()
+        }
+        errors["415"] = {
+            "description": "Not a Connect or gRPC-Web content type",
+            "content": {"application/json": {"schema": _ref(oip.ErrorResponse)}},
+        }
+        paths[f"/{GRPC_SERVICE}/{method}"] = {
+            "post": {
+                "operationId": f"grpc{method}",
+                "summary": f"{GRPC_SERVICE}/{method} (KServe grpc_predict_v2.proto), unary over "
+                "Connect (application/proto, application/json) or gRPC-Web "
+                "(application/grpc-web+proto: one length-prefixed frame; errors in grpc-status)",
+                "tags": ["grpc"],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _proto_json_schema(request)},
+                        "application/proto": {"schema": _BINARY},
+                        "application/grpc-web+proto": {"schema": _BINARY},
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": f"{out.full_name}; gRPC-Web: a message frame and a trailer "
+                        "frame, or, on an error, grpc-status and grpc-message headers alone",
+                        "content": {
+                            "application/json": {"schema": _proto_json_response(out)},
+                            "application/proto": {"schema": _BINARY},
+                            "application/grpc-web+proto": {"schema": _BINARY},
+                        },
+                    },
+                    **errors,
+                },
+                "security": [{}, {"sigv4": []}, {"jwt": []}],
+            }
+        }
+    return paths
+
+
+def _proto_json_response(descriptor: Any) -> dict[str, Any]:
+    """What the function writes: lowerCamelCase names only (protobuf's JSON printer)."""
+    schema = _proto_json_schema(descriptor)
+    names = {f.json_name for f in descriptor.fields}
+    schema["properties"] = {k: v for k, v in schema["properties"].items() if k in names}
+    return schema
+
+
+CONNECT_ERROR_SCHEMA = {
+    "type": "object",
+    "title": "ConnectError",
+    "description": "The Connect protocol's error body",
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+    "required": ["code", "message"],
+}
+
+
 def admin_document() -> dict[str, Any]:
     """The admin function's operations and schemas, as its resolver documents them."""
     from aws_lambda_powertools.event_handler.openapi.models import APIKey
@@ -265,9 +386,11 @@ def build() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    paths.update(grpc_operations())
     admin = admin_document()
     paths.update(admin["paths"])
     schemas = _schemas()
+    schemas["ConnectError"] = CONNECT_ERROR_SCHEMA
     for name, schema in admin["components"]["schemas"].items():
         schemas.setdefault(name, schema)  # ErrorResponse: the one the OIP models define
     return {
@@ -290,6 +413,11 @@ def build() -> dict[str, Any]:
         ],
         "tags": [
             {"name": "inference", "description": "Open Inference Protocol v2"},
+            {
+                "name": "grpc",
+                "description": "The Open Inference Protocol's gRPC service over Connect and "
+                "gRPC-Web (native gRPC over HTTP/2 cannot reach Lambda)",
+            },
             {"name": "admin", "description": "Model management, IAM (SigV4) only"},
         ],
         "paths": paths,

@@ -189,7 +189,7 @@ def _bar(done: int, total: int) -> str:
 def _candidate(c: dict[str, Any], manifest: dict[str, Any]) -> str:
     quality = c.get("quality") or {}
     latency = c.get("latency_ms") or {}
-    parts = [f"{c['recipe']:<32}", f"{c.get('size_bytes', 0) / 1024:9.1f} KiB"]
+    parts = [f"{c['recipe']:<40}", f"{c.get('size_bytes', 0) / 1024:9.1f} KiB"]
     for key, label in (("accuracy", "accuracy"), ("r2", "R^2"), ("cosine_mean", "cosine")):
         if quality.get(key) is not None:
             parts.append(f"{label} {quality[key]:.4f}")

@@ -97,16 +97,35 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # small responses otherwise wait on delayed ACKs (~40 ms)
 
+    def _read_chunked(self) -> bytes | None:
+        """A `Transfer-Encoding: chunked` body (connect-python's gRPC-Web client streams its
+        request so), whole, as API Gateway hands it to Lambda; None past MAX_PAYLOAD."""
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers, if any
+                return b"".join(parts)
+            total += size
+            if total > MAX_PAYLOAD:
+                return None
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()  # the CRLF after each chunk
+
     def _handle(self) -> None:
+        chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
         try:
             length = int(self.headers.get("Content-Length") or 0)
+            body_chunked = self._read_chunked() if chunked else b""
         except ValueError:
-            length = -1
+            length, body_chunked = -1, b""
         if length < 0:  # API Gateway answers a malformed Content-Length itself
-            self._error(400, "Bad Request", "Content-Length is not a non-negative integer")
+            self._error(400, "Bad Request", "malformed Content-Length or chunked body")
             self.close_connection = True
             return
-        if length > MAX_PAYLOAD:
+        if length > MAX_PAYLOAD or body_chunked is None:
             self._reply(
                 413,
                 {"content-type": "application/json"},
@@ -114,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             self.close_connection = True
             return
-        body = self.rfile.read(length) if length else b""
+        body = body_chunked if chunked else self.rfile.read(length) if length else b""
         path = urlsplit(self.path).path
         admin = path == ADMIN_PREFIX.rstrip("/") or path.startswith(ADMIN_PREFIX)
         route = None if admin else self.server.stream_route(self.command, path)

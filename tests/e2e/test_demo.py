@@ -26,7 +26,7 @@ STEPS = [
     r"training +\[[#.]+\] epoch \d+/\d+",
     r"trained +test_accuracy 0\.\d+",
     r"optimizing +maas-digits-",
-    r"candidate +[a-z0-9-]+ ",
+    r"candidate +[a-z0-9+-]+ ",  # compression students: <base>+<recipe>
     r"ready +digits v1: ",
     r"promoted +digits v1 -> prod",
     r"serving +http://127\.0\.0\.1:\d+/v2/models/digits/infer",

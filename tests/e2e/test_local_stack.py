@@ -84,6 +84,18 @@ def test_lone_csv_upload_is_trained_quantized_promoted_and_served(stack: LocalSt
     assert record["status"] == "READY", record.get("reason")
     summary = record["summary"]
     assert summary["recipe"]
+    # AND the optimizer's table has the MLP's distilled students beside fp32, each with its
+    # accuracy (against the same held-out rows as the unpruned model) and its latency
+    rows = {c["name"]: c for c in summary["candidates"]}
+    for c in summary["candidates"]:
+        print(f"candidate {c['name']:<40} base {c['base']:<10} {c['quality']} "
+              f"b1 {c['batch1_p50_ms']:.4f} ms bN {c['batchN_p50_ms']:.4f} ms "
+              f"{'served' if c['served'] else ''}")  # fmt: skip
+    students = [c for c in summary["candidates"] if c["base"] != "fp32"]
+    assert {"hidden-64", "hidden-64+dynamic-int8-per-channel"} <= set(rows)
+    assert all("accuracy" in c["quality"] and c["batch1_p50_ms"] > 0 for c in students)
+    served = [c for c in summary["candidates"] if c["served"]]
+    assert len(served) == 1 and served[0]["passed_gate"]  # never one that failed the gate
     predicted = _infer(stack, "digits", x_te)
     accuracy = np.mean(np.array(predicted) == y_te.astype(str))
     assert accuracy >= 0.95
@@ -156,6 +168,9 @@ def test_cli_upload_wait_versions_promote_rollback(
     assert main(["versions", "wine"]) == 0
     listing = capsys.readouterr().out
     assert "v1" in listing and "v2" in listing and "prod" in listing
+    assert main(["versions", "wine", "--candidates"]) == 0
+    table = capsys.readouterr().out
+    assert "fp32" in table and "<- served" in table and "batch1" in table
     assert main(["promote", "wine", "1"]) == 0
     assert "prod -> v1" in capsys.readouterr().out
     assert main(["rollback", "wine"]) == 0

@@ -183,6 +183,28 @@ def test_minilm_imported_from_pretrained_is_served_as_bytes_to_embedding(stack: 
           f"{manifest['size_bytes']} bytes, gate {quality}")  # fmt: skip
     assert manifest["task"] == "embedding"
     assert manifest["size_bytes"] <= 0.3 * manifest["fp32_size_bytes"]
+    # AND the table has the pruned-and-distilled students (4 of 6 layers, half the FFN
+    # channels) and what is built on them, each with its cosine to the unpruned fp32 model and
+    # its latency; what is served passed the gate
+    table = manifest["quantization"]["candidates"]
+    for c in table:
+        mark = " <- served" if c["recipe"] == manifest["recipe"] else ""
+        lat = c["latency_ms"]
+        print(f"candidate {c['recipe']:<44} cosine {c['quality'].get('cosine_mean')} "
+              f"b1 {lat.get('batch1_p50')} ms bN {lat.get('batchN_p50')} ms "
+              f"{c['reason']}{mark}")  # fmt: skip
+    students = [c for c in table if c["base"] != "fp32"]
+    assert {"layers-4", "ffn-50"} <= {c["base"] for c in students}
+    assert all(c["quality"]["cosine_mean"] is not None for c in students if not c["error"])
+    assert all(c["latency_ms"]["batch1_p50"] > 0 for c in students if not c["error"])
+    (served,) = [c for c in table if c["recipe"] == manifest["recipe"]]
+    assert served["passed_gate"] and quality["cosine_mean"] >= 0.99
+    best = max(students, key=lambda c: c["quality"]["cosine_mean"] or 0)
+    cosine = best["quality"]["cosine_mean"]
+    verdict = "passed" if best["passed_gate"] else f"missed by {0.99 - cosine:.4f}"
+    print(f"best student {best['recipe']}: cosine {cosine:.4f} (gate 0.99: {verdict})")
+    made = [e["name"] for e in manifest["training_metrics"]["compression"]]
+    assert made == ["layers-4", "ffn-50"]
     meta = requests.get(f"{stack.api_url}/v2/models/minilm", timeout=30).json()
     assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]

@@ -5,6 +5,7 @@ A fake function stands in for the handlers: these tests are about what reaches i
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -107,6 +108,25 @@ def test_malformed_content_length_is_400_and_the_server_keeps_serving(server: An
         assert b" 400 " in s.recv(1024).split(b"\r\n", 1)[0]
     if not iam:
         assert requests.get(f"{base}/v2/health/live", timeout=10).status_code == 200
+
+
+def test_chunked_body_reaches_the_function_whole(server: Any) -> None:
+    """API Gateway buffers a chunked request (connect-python's gRPC-Web client sends one)."""
+    base, inference, _, iam = server
+    body = b"\x00\x00\x00\x00\x03abc"
+
+    def chunks() -> Iterator[bytes]:
+        yield body[:4]
+        yield body[4:]
+
+    url = f"{base}/inference.GRPCInferenceService/ServerLive"
+    headers = {"content-type": "application/grpc-web+proto"}
+    if iam:  # signed over the whole body, however it is chunked
+        headers |= _signed("POST", url, body)
+    reply = requests.post(url, data=chunks(), headers=headers, timeout=10)
+    assert reply.status_code == 200
+    (event,) = inference.events
+    assert base64.b64decode(event["body"]) == body
 
 
 def test_json_body_that_is_not_utf8_reaches_the_function_base64_encoded() -> None:

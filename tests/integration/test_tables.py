@@ -110,14 +110,14 @@ def _publish(aws: Any, model: str, model_dir: Path, context: Any) -> dict[str, A
 def _assert_candidates_are_shown(aws: Any, model: str, manifest: dict[str, Any]) -> None:
     """Every candidate's validation figure, size and latency: manifest, registry, maas versions."""
     from maas.admin.service import version_info
-    from maas_cli.main import _candidate_lines
+    from maas_cli.main import model_candidate_lines
 
     candidates = manifest["training_metrics"]["candidates"]
     names = [c["candidate"] for c in candidates]
     assert "trees" in names and "hidden_layers=0" in names
     assert all(c["size_bytes"] > 0 and c["latency_ms_batch1"] > 0 for c in candidates)
     info = version_info(aws.registry().get_version(model, 1), None)
-    lines = _candidate_lines(info.metrics)
+    lines = model_candidate_lines(info.metrics)
     assert len(lines) == 1 + len(candidates) and "trees" in lines[-1] and "KiB" in lines[-1]
 
 

@@ -154,6 +154,8 @@ def test_digits_trains_to_contract(digits_job: Job) -> None:
         contract.LABELS_FILE,
         contract.SCHEMA_FILE,
         contract.PLOT_FILE,
+        contract.COMPRESSED_FILE,
+        contract.COMPRESSED_DIR,
         contract.TABLE_SPEC_FILE,
     }
     assert {p.name for p in model_dir.iterdir()} == expected
@@ -189,6 +191,41 @@ def test_digits_trains_to_contract(digits_job: Job) -> None:
         assert sample[contract.TARGET_KEY].dtype == np.int64
     with np.load(model_dir / contract.CALIBRATION_FILE, allow_pickle=False) as calib:
         assert calib[key].shape == (min(512, metrics["n_train"]), 64)
+
+
+@pytest.mark.slow
+def test_digits_compression_candidates_are_narrower_distilled_mlps(digits_job: Job) -> None:
+    """The chosen MLP's students: narrower hidden layers, distilled, model.onnx's interface."""
+    import onnxruntime as ort
+
+    base, proc = digits_job
+    model_dir = base / "model"
+    metrics = json.loads((model_dir / contract.METRICS_FILE).read_text())
+    assert metrics["hidden_layers_chosen"] >= 1  # digits picks a hidden layer: students exist
+    entries = json.loads((model_dir / contract.COMPRESSED_FILE).read_text())
+    assert metrics["compression"] == entries
+    assert [e["name"] for e in entries] == ["hidden-64", "hidden-32"]  # hidden_units 128 / 2, / 4
+    key = contract.INPUT_PREFIX + "input"
+    with np.load(model_dir / contract.SAMPLE_FILE, allow_pickle=False) as sample:
+        x, y = sample[key], sample[contract.TARGET_KEY]
+    full = ort.InferenceSession(str(model_dir / contract.MODEL_FILE))
+    want = full.run(["probabilities"], {"input": x})[0]
+    for e in entries:
+        assert e["file"] == f"{contract.COMPRESSED_DIR}/{e['name']}.onnx"
+        assert e["parameters"] < e["teacher_parameters"]
+        d = e["distillation"]
+        assert d["steps"] > 0 and d["loss_kind"] == "logits" and 0 <= d["holdout_agreement"] <= 1
+        sess = ort.InferenceSession(str(model_dir / e["file"]))
+        assert [(i.name, i.type) for i in sess.get_inputs()] == [
+            (i.name, i.type) for i in full.get_inputs()
+        ]
+        assert [o.name for o in sess.get_outputs()] == ["probabilities", "label"]
+        probs, labels = sess.run(None, {"input": x})
+        agreement = float((probs.argmax(1) == want.argmax(1)).mean())
+        print(f"{e['name']}: test accuracy {(probs.argmax(1) == y).mean():.4f}, "
+              f"agreement with model.onnx {agreement:.4f}")  # fmt: skip
+        assert agreement >= 0.8 and set(labels) <= {str(i) for i in range(10)}
+    assert "compression candidate hidden-64" in proc.stdout
 
 
 @pytest.mark.slow
@@ -680,7 +717,9 @@ def test_a_new_recipe_is_its_data_and_its_model_and_nothing_else(
         *contract.REQUIRED_MODEL_FILES,
         contract.CALIBRATION_FILE,
         contract.PLOT_FILE,
+        contract.COMPRESSED_FILE,  # [] here: a model family of its own gets no students
     }
+    assert json.loads((model_dir / contract.COMPRESSED_FILE).read_text()) == []
     assert metrics["test_accuracy"] >= 0.9 and metrics["refit_epochs"] >= 1
     assert metrics["onnx_test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     schema = json.loads((model_dir / contract.SCHEMA_FILE).read_text())

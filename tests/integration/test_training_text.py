@@ -94,7 +94,8 @@ def test_finetune_recipe_tunes_the_pretrained_encoder_from_channel_base(tmp_path
         tmp_path,
         frame,
         {"task": "text-classification", "recipe": "finetune", "text": "sentence",
-         "label": "topic", "epochs": 2, "max_length": 32, "batch_size": 16},
+         "label": "topic", "epochs": 2, "max_length": 32, "batch_size": 16,
+         "compress_candidates": 2, "compress_seconds": 30},
         SM_CHANNEL_BASE=str(minilm_folder()),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -110,6 +111,37 @@ def test_finetune_recipe_tunes_the_pretrained_encoder_from_channel_base(tmp_path
     feeds = textprep.load_encoder(spec, model_dir).encode(["Return the mean of the data."])
     probs, labels = _onnx(model_dir / "model.onnx", feeds)
     assert probs.shape == (1, 2) and labels[0] in ("email", "numbers")
+    # AND its compression candidates: 4 of 6 layers, and half the FFN channels, distilled
+    entries = json.loads((model_dir / contract.COMPRESSED_FILE).read_text())
+    assert [e["name"] for e in entries] == ["layers-4", "ffn-50"]
+    for e in entries:
+        assert e["parameters"] < e["teacher_parameters"] and e["distillation"]["steps"] > 0
+        assert e["distillation"]["loss_kind"] == "logits"
+        student_probs, student_labels = _onnx(model_dir / e["file"], feeds)
+        assert student_probs.shape == (1, 2) and student_labels[0] in ("email", "numbers")
+    # AND the optimizer's table has them and what is built on them, gated against model.onnx
+    _optimizer_table(model_dir, "text-classification", {"layers-4", "ffn-50"})
+
+
+def _optimizer_table(model_dir: Path, task: str, students: set[str]) -> None:
+    from maas.optimize.feeds import load_npz
+    from maas.optimize.quantize import optimize_model
+    from maas.optimize.service import compression_bases
+
+    bases, notes = compression_bases(model_dir)
+    assert {b.name for b in bases} == students and not notes
+    sel = optimize_model(
+        model_dir / contract.MODEL_FILE, load_npz(model_dir / contract.SAMPLE_FILE), None,
+        model_dir.parent / "optimize", task=task, timing_repeats=10, timing_budget_s=5.0,
+        bases=bases,
+    )  # fmt: skip
+    for c in sel.candidates:
+        print(f"candidate {c.recipe:<40} {c.quality} b1 {c.latency_ms.get('batch1_p50')} ms "
+              f"{c.reason}{' <- served' if c is sel.chosen else ''}")  # fmt: skip
+    on_students = [c for c in sel.candidates if c.base in students]
+    assert {c.base for c in on_students} == students
+    assert all(c.quality and c.latency_ms["batch1_p50"] > 0 for c in on_students if c.ok)
+    assert sel.chosen.passed_gate
 
 
 @pytest.mark.slow

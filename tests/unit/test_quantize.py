@@ -609,3 +609,143 @@ def test_load_npz_roundtrip(tmp_path):
     np.savez(p, input__input=np.ones((3, 2), np.float32), target=np.arange(3))
     d = load_npz(p)
     assert set(d) == {"input__input", "target"} and d["target"].tolist() == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------- compression bases
+
+
+def narrow(mlp: dict, width: int) -> dict:
+    """The same MLP with each hidden layer cut to its first `width` units (a crude student)."""
+    w0, w1, w2 = mlp["W"]
+    b0, b1, b2 = mlp["B"]
+    return {
+        **mlp,
+        "W": [w0[:, :width], w1[:width, :width], w2[:width]],
+        "B": [b0[:width], b1[:width], b2],
+    }
+
+
+def slowed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same function with dead weight: a large MatMul branch multiplied by 0 and added to the
+    logits, so that a student without it is faster at identical outputs."""
+    g = model.graph
+    softmax = next(n for n in g.node if n.op_type == "Softmax")
+    logits = softmax.input[0]
+    rng = np.random.default_rng(0)
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(rng.standard_normal((64, 1536)).astype(np.float32), "Wd0"),
+            numpy_helper.from_array(rng.standard_normal((1536, 1536)).astype(np.float32), "Wd1"),
+            numpy_helper.from_array(np.zeros((1,), np.float32), "zero"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        ]
+    )
+    dead = [
+        helper.make_node("MatMul", ["input", "Wd0"], ["d0"]),
+        helper.make_node("Relu", ["d0"], ["d1"]),
+        helper.make_node("MatMul", ["d1", "Wd1"], ["d2"]),
+        helper.make_node("ReduceSum", ["d2", "axis1"], ["d3"], keepdims=1),
+        helper.make_node("Mul", ["d3", "zero"], ["d4"]),
+        helper.make_node("Add", [logits, "d4"], ["logits_slow"]),
+    ]
+    position = list(g.node).index(softmax)
+    for i, node in enumerate(dead):
+        g.node.insert(position + i, node)
+    softmax.input[0] = "logits_slow"
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_compression_candidate_that_passes_the_gate_and_is_fastest_is_served(mlp, tmp_path):
+    # GIVEN an fp32 model carrying dead weight, and a student with the same outputs without it
+    fp32 = tmp_path / "model.onnx"
+    onnx.save(slowed(build_graph(mlp)), str(fp32))
+    student = write_model(mlp, tmp_path / "student.onnx")
+    base = q.Base("lean", student, "the dead branch removed")
+    # WHEN the search runs with it as a base
+    sel = optimize_model(
+        fp32, mlp["sample"], mlp["calibration"], tmp_path / "w", timing_repeats=REPEATS,
+        bases=[base],
+    )  # fmt: skip
+    cands = by_recipe(sel)
+    # THEN the student and every recipe on it are candidates, scored against the unpruned model
+    on_base = [c for c in sel.candidates if c.base == "lean"]
+    assert [c.recipe for c in on_base][:2] == ["lean", "lean+dynamic-int8-per-tensor"]
+    assert "lean+static-qdq-int8-per-channel" in cands
+    assert cands["lean"].quality["agreement"] == 1.0 and cands["lean"].passed_gate
+    assert all(c.latency_ms["batch1_p50"] > 0 for c in on_base if c.ok)
+    # AND the served one follows the rule: the fastest within the gate, and it is a student
+    assert sel.chosen.base == "lean" and sel.chosen.passed_gate
+    eligible = [c for c in sel.candidates[1:] if c.ok and c.passed_gate]
+    assert sel.chosen.latency_ms["batch1_p50"] == min(
+        c.latency_ms["batch1_p50"] for c in eligible if q._speedups(sel.fp32, c)[0] >= 1.05
+    )
+    doc = json.loads(json.dumps(sel.to_manifest()))
+    assert doc["compression"] == [
+        {"name": "lean", "how": "the dead branch removed", "size_bytes": student.stat().st_size}
+    ]
+    assert {c["base"] for c in doc["candidates"]} == {"fp32", "lean"}
+
+
+def test_failing_compression_candidate_is_never_served(mlp, tmp_path):
+    # GIVEN a student far too small to keep the model's accuracy (4 hidden units), and faster
+    fp32 = write_model(mlp, tmp_path / "model.onnx")
+    tiny = write_model(narrow(mlp, 4), tmp_path / "tiny.onnx")
+    sel = optimize_model(
+        fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS,
+        bases=[q.Base("hidden-4", tiny)],
+    )  # fmt: skip
+    cands = by_recipe(sel)
+    # THEN it and its quantized forms fail the gate against the unpruned fp32 model
+    for name in ("hidden-4", "hidden-4+dynamic-int8-per-channel"):
+        assert cands[name].ok and not cands[name].passed_gate
+        assert "accuracy drop" in cands[name].reason
+    assert cands["hidden-4"].latency_ms["batch1_p50"] > 0  # timed beside the others all the same
+    # AND what is served is fp32 or a quantized form of it, never the student
+    assert sel.chosen.base == q.FP32
+    assert "hidden-4: failed gate" in sel.reason or sel.chosen.recipe != q.FP32
+
+
+def test_compression_candidate_with_another_interface_is_recorded_not_chosen(mlp, tmp_path):
+    fp32 = write_model(mlp, tmp_path / "model.onnx")
+    other = build_graph(mlp)
+    other.graph.input[0].name = "features"
+    for node in other.graph.node:
+        node.input[:] = ["features" if i == "input" else i for i in node.input]
+    odd = tmp_path / "odd.onnx"
+    onnx.save(other, str(odd))
+    sel = optimize_model(
+        fp32, mlp["sample"], None, tmp_path / "w", timing_repeats=REPEATS,
+        bases=[q.Base("odd", odd)],
+    )  # fmt: skip
+    (cand,) = [c for c in sel.candidates if c.base == "odd"]  # nothing is built on it
+    assert cand.error and "interface" in cand.error and sel.chosen is not cand
+
+
+def test_compressed_json_entries_become_bases_and_bad_ones_notes(mlp, tmp_path):
+    from maas.core.contract import COMPRESSED_DIR, COMPRESSED_FILE
+    from maas.optimize.service import compression_bases
+
+    (tmp_path / COMPRESSED_DIR).mkdir()
+    write_model(narrow(mlp, 64), tmp_path / COMPRESSED_DIR / "hidden-64.onnx")
+    entries = [
+        {"name": "hidden-64", "file": f"{COMPRESSED_DIR}/hidden-64.onnx", "how": "narrower"},
+        {"name": "gone", "file": f"{COMPRESSED_DIR}/gone.onnx"},
+        {"name": "escape", "file": "model.onnx"},
+        {"name": "../x", "file": f"{COMPRESSED_DIR}/x.onnx"},
+        {"name": "fp32", "file": f"{COMPRESSED_DIR}/hidden-64.onnx"},
+        "not an object",
+    ]
+    (tmp_path / COMPRESSED_FILE).write_text(json.dumps(entries))
+    bases, notes = compression_bases(tmp_path)
+    assert [(b.name, b.path.name, b.how) for b in bases] == [
+        ("hidden-64", "hidden-64.onnx", "narrower")
+    ]
+    assert len(notes) == 5 and all("skipped" in n for n in notes)
+    (tmp_path / COMPRESSED_FILE).write_text("{")
+    assert compression_bases(tmp_path) == (
+        [],
+        [f"{COMPRESSED_FILE} is not JSON: no compression candidates"],
+    )
+    (tmp_path / COMPRESSED_FILE).unlink()
+    assert compression_bases(tmp_path) == ([], [])

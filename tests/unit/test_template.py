@@ -42,6 +42,18 @@ OIP_ROUTES = {
     ("GET", "/v2/models/{model}/versions/{version}"),
     ("GET", "/v2/models/{model}/versions/{version}/ready"),
     ("POST", "/v2/models/{model}/versions/{version}/infer"),
+    # The OIP gRPC service over Connect and gRPC-Web (unary POSTs, one route per method).
+    *(
+        ("POST", f"/inference.GRPCInferenceService/{m}")
+        for m in (
+            "ServerLive",
+            "ServerReady",
+            "ModelReady",
+            "ServerMetadata",
+            "ModelMetadata",
+            "ModelInfer",
+        )
+    ),
     # Text generation: the OIP generate extension and the OpenAI wire format (buffered).
     ("POST", "/v2/models/{model}/generate"),
     ("POST", "/v2/models/{model}/versions/{version}/generate"),

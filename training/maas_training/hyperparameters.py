@@ -32,6 +32,8 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "embedding_dim": (1, 4096, True, True),
     "buckets": (2, 1 << 24, True, True),
     "max_length": (2, 8192, True, True),
+    "compress_candidates": (0, 8, True, True),
+    "compress_seconds": (1, 86_400, True, True),
     "max_columns": (1, 100_000, True, True),
     "balance_classes": (0, 1, True, True),
     "vocab_size": (259, 1 << 18, True, True),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maas_training import log, selection
+from maas_training import compress, log, selection
 from maas_training import metrics as figures
 from maas_training.config import Paths
 from maas_training.export import ExportInfo, export_model, export_plain, metadata_for, verify
@@ -359,6 +359,33 @@ def task_of(hp: Any, data: Encoded) -> str:
     return data.task or hp.task
 
 
+def compress_trained(
+    s: Session, recipe: TrainedRecipe, data: Encoded, hp: Any, model: nn.Module
+) -> list[contract.Compressed]:
+    """Students of the chosen model, distilled on the training rows it was fitted on."""
+    train_rows = data.split.train
+    x = trim(data.x[train_rows], data.pad_id)
+    check = trim(data.x[data.split.validation][:CHECK_ROWS], data.pad_id)
+    labels = None if data.regression else data.class_names
+    metadata = {**metadata_for(task_of(hp, data), hp.recipe, labels), **data.metadata}
+
+    def export(student: nn.Module, path: Any) -> None:
+        export_model(
+            exported(student, data),
+            path,
+            feeds={data.input_name: check},
+            output_name=output_of(data),
+            class_names=labels,
+            metadata=metadata,
+            sequence=data.pad_id is not None,
+            max_abs_diff=export_limit(recipe, data),
+        )
+
+    lengths = None if data.pad_id is None else (x != data.pad_id).sum(axis=1)
+    kind = "regression" if data.regression else "logits"
+    return compress.compress(model, (x,), hp, export, s.paths.model_dir, kind=kind, lengths=lengths)
+
+
 def train_metrics(
     hp: Any, data: Encoded, s: Session, fits: list[Candidate], best: Candidate, scores: Scores
 ) -> dict[str, Any]:
@@ -457,12 +484,14 @@ def finish_trained(
     scores = score(model, data, test, recipe.eval_batch, best.family)
     log.metric_line(**scores.figures, test_loss=scores.loss)
     info, onnx_accuracy = export_trained(s, recipe, data, hp, (model, best.family), scores)
+    compressed = compress_trained(s, recipe, data, hp, model)
     what = "r2" if data.regression else "accuracy"
     metrics = {
         **train_metrics(hp, data, s, fits, best, scores),
         f"onnx_test_{what}": onnx_accuracy,
         "refit_epochs": refit_epochs,
         **export_metrics(info),
+        "compression": compressed,
         "total_seconds": round(time.perf_counter() - t_start, 3),
         "history": best.result.history,
     }
@@ -537,6 +566,34 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(np.sum(a64 * b64, axis=1) / np.where(den == 0, 1.0, den))
 
 
+def compress_pretrained(
+    paths: Paths, hp: Any, m: Pretrained, recipe: PretrainedRecipe
+) -> list[contract.Compressed]:
+    """Students of an imported encoder, distilled on texts other than the gate's sample."""
+    if m.distill_feeds is None:
+        compress.write_index(paths.model_dir, [])
+        return []
+
+    def export(student: nn.Module, path: Any) -> None:
+        export_model(
+            student,
+            path,
+            feeds=m.feeds,
+            output_name=m.output_name,
+            class_names=m.labels,
+            metadata=metadata_for(hp.task, hp.recipe, m.labels),
+            prefer=recipe.prefer,
+            sequence=True,
+        )
+
+    kind = "cosine" if m.labels is None else "probabilities"
+    inputs = tuple(m.distill_feeds.values())
+    lengths = m.distill_feeds["attention_mask"].sum(axis=1)
+    return compress.compress(
+        m.module, inputs, hp, export, paths.model_dir, kind=kind, lengths=lengths
+    )
+
+
 def run_pretrained(paths: Paths, hp: Any, recipe: PretrainedRecipe) -> dict[str, Any]:
     """A pretrained model exported as it is: fp32 ONNX (ids in) + the tokenizer that serves it."""
     t_start = time.perf_counter()
@@ -553,6 +610,7 @@ def run_pretrained(paths: Paths, hp: Any, recipe: PretrainedRecipe) -> dict[str,
     )
     cos = cosine_rows(info.outputs, info.reference)
     log.metric_line(onnx_cosine_mean=float(cos.mean()), onnx_cosine_min=float(cos.min()))
+    compressed = compress_pretrained(paths, hp, m, recipe)
     dim = int(info.reference.shape[1])
     outputs = (
         [{"name": m.output_name, "datatype": "FP32", "shape": [-1, dim]}]
@@ -567,6 +625,7 @@ def run_pretrained(paths: Paths, hp: Any, recipe: PretrainedRecipe) -> dict[str,
         "onnx_cosine_mean": float(cos.mean()),
         "onnx_cosine_min": float(cos.min()),
         **export_metrics(info),
+        "compression": compressed,
         "total_seconds": round(time.perf_counter() - t_start, 3),
         "hyperparameters": hp.as_dict(),
     }

@@ -131,6 +131,9 @@ class Pretrained:
     tokenizer_json: str
     kind: str  # what it is, for the log
     metrics: dict[str, Any]
+    # Texts other than the gate's sample, encoded like feeds: what compression students are
+    # distilled on (None: no compression candidates).
+    distill_feeds: dict[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)

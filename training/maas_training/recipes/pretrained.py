@@ -19,6 +19,8 @@ from maas_training.recipes import Pretrained, PretrainedRecipe, register
 from maas_training.shared import contract, textprep
 
 SAMPLE_TEXTS = 128
+# Texts beyond the gate's sample that compression students are distilled on (never the gate's).
+DISTILL_TEXTS = 2048
 INPUTS = ["input_ids", "attention_mask"]
 
 
@@ -92,7 +94,14 @@ def _stdlib_sentences(limit: int) -> list[str]:
     import inspect
 
     out: list[str] = []
-    for name in ("json", "csv", "email.message", "http.client", "logging", "argparse", "pathlib"):
+    # The first seven give the gate's sample; the rest only more distillation text.
+    for name in (
+        *("json", "csv", "email.message", "http.client", "logging", "argparse", "pathlib"),
+        *("collections", "functools", "itertools", "subprocess", "threading", "asyncio"),
+        *("unittest", "urllib.request", "sqlite3", "tarfile", "zipfile", "datetime"),
+        *("decimal", "textwrap", "shutil", "typing", "inspect", "dataclasses", "enum", "socket"),
+        *("configparser", "difflib", "pprint", "doctest", "tempfile", "statistics", "fractions"),
+    ):
         try:
             module = importlib.import_module(name)
         except ImportError:
@@ -169,11 +178,14 @@ def load(paths, hp) -> Pretrained:
     tokenizer_json = (folder / contract.TOKENIZER_FILE).read_text(encoding="utf-8")
     tp = textprep()
     tokenizer = tp.HFTokenizer(tokenizer_json, max_length=max_length, inputs=INPUTS)
-    texts, origin = sample_texts(paths.train_channel, folder, hp.text, SAMPLE_TEXTS)
+    found, origin = sample_texts(paths.train_channel, folder, hp.text, SAMPLE_TEXTS + DISTILL_TEXTS)
+    texts, extra = found[:SAMPLE_TEXTS], found[SAMPLE_TEXTS:]
     log.info(
         f"importing a {kind}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"max {max_length} tokens; gate sample: {len(texts)} texts from the {origin}"
+        f"{f', {len(extra)} more to distill on' if extra else ''}"
     )
+    distill = tokenizer.encode(extra) if extra and hp.compress_candidates > 0 else None
     return Pretrained(
         module=module,
         feeds=tokenizer.encode(texts),
@@ -194,6 +206,7 @@ def load(paths, hp) -> Pretrained:
         text_spec=tp.tokenizer_spec(max_length, INPUTS, contract.TOKENIZER_FILE),
         tokenizer_json=tokenizer_json,
         kind=kind,
+        distill_feeds=distill,
         metrics={
             "architecture": list(config.architectures),
             "pretrained": kind,

@@ -76,7 +76,9 @@ class VersionInfo(BaseModel):
     reason: str
     recipe: str | None
     metrics: dict[str, Any] = Field(
-        description="Served quality (accuracy, ...), latency_ms, sizes, from the optimizer."
+        description="Served quality (accuracy, ...), latency_ms, sizes, from the optimizer; "
+        "candidates: what each optimizer candidate measured (compression candidates included); "
+        "model_candidates and selection: the model families a table's training compared."
     )
 
 
@@ -127,7 +129,7 @@ def version_info(record: VersionRecord, alias: Alias | None) -> VersionInfo:
         role = "canary"
     metrics: dict[str, Any] = dict(s.get("served_quality") or {})
     keys = ("fp32_test_accuracy", "fp32_test_r2", "latency_ms", "size_bytes", "fp32_size_bytes")
-    for key in (*keys, "plot", "task", "candidates", "selection"):
+    for key in (*keys, "plot", "task", "candidates", "model_candidates", "selection"):
         if s.get(key) is not None:
             metrics[key] = s[key]
     return VersionInfo(

@@ -27,6 +27,11 @@ model dir (inside model.tar.gz):
   text.json         text models: the encoder spec (maas/serving/textprep.py) that turns the BYTES
                     input into the graph's inputs, in training and in serving alike.
   tokenizer.json    text models built on a Hugging Face tokenizer.
+  compressed.json   compression candidates (``Compressed`` below): smaller students of the same
+                    model (fewer layers or FFN channels, narrower MLP layers), healed by
+                    distillation against it, each an fp32 graph with model.onnx's interface
+                    under compressed/<name>.onnx. Absent or [] when the job made none. The
+                    optimizer treats each as another base, gated against model.onnx.
   generation.json   text-generation models: ``GenerationSpec`` (the KV cache's shape, the
                     tokenizer's special tokens and BOS rule, the chat template, the folder's
                     generation defaults). model.onnx is then the KV-cache graph named below
@@ -58,6 +63,8 @@ TEXT_SPEC_FILE = "text.json"
 TABLE_SPEC_FILE = "table.json"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
+COMPRESSED_FILE = "compressed.json"
+COMPRESSED_DIR = "compressed"
 GENERATION_SPEC_FILE = "generation.json"
 HF_FOLDER = "hf"
 # What every model dir holds; the rest is per task.
@@ -117,6 +124,17 @@ class Schema(TypedDict):
     graph_inputs: NotRequired[list[str]]
     transformer: NotRequired[Transformer]
     columns: NotRequired[list[dict[str, Any]]]  # tabular: name, role, why (the job's typing)
+
+
+class Compressed(TypedDict):
+    """One entry of compressed.json: a student graph and how it was made."""
+
+    name: str  # e.g. "layers-4", "ffn-50", "hidden-64": the optimizer's base name
+    file: str  # relative to the model dir: compressed/<name>.onnx
+    how: str  # what was removed, and how it was healed
+    parameters: int
+    teacher_parameters: int
+    distillation: dict[str, Any]  # steps, seconds, loss, and its held-out agreement or cosine
 
 
 class TextFiles(TypedDict):
@@ -260,6 +278,10 @@ HYPERPARAMETERS: dict[str, int | float] = {
     "embedding_dim": 64,
     "buckets": 1 << 16,
     "max_length": 128,
+    # Compression candidates (compressed.json): how many students at most (0: none), and the
+    # seconds their distillation may take in all.
+    "compress_candidates": 2,
+    "compress_seconds": 240,
     # Tables: more feature columns than this is refused (a wide table is rarely what was meant).
     "max_columns": 2000,
     # Classification: 1 weighs each class by the inverse of its share of the training rows, in

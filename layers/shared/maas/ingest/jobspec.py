@@ -41,6 +41,9 @@ HYPERPARAMETER_BOUNDS: dict[str, dict[str, Any]] = {
     "embedding_dim": {"ge": 1, "le": 4096},
     "buckets": {"ge": 2, "le": 1 << 24},
     "max_length": {"ge": 2, "le": 8192},
+    # Compression candidates: at most 8 students, distilled for at most a day in all.
+    "compress_candidates": {"ge": 0, "le": 8},
+    "compress_seconds": {"ge": 1, "le": 86_400},
     "max_columns": {"ge": 1, "le": 100_000},
     "balance_classes": {"ge": 0, "le": 1},
     "vocab_size": {"ge": 259, "le": 1 << 18},
@@ -53,6 +56,8 @@ UNSENT_UNLESS_SET = (
     "embedding_dim",
     "buckets",
     "max_length",
+    "compress_candidates",
+    "compress_seconds",
     "vocab_size",
     "attention_heads",
     "lora_rank",

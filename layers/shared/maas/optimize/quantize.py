@@ -35,6 +35,11 @@ recipes registered in ``maas.optimize.recipes.RECIPES``:
 4. ``time_side_by_side``: all candidates in one process, interleaved round-robin (the starting
    candidate rotates every round) so that clock and thermal drift hit all of them alike:
    batch 1 (first sample row) and batch N (min(32, n) rows); p50 and p90 in ms.
+   Compression candidates (``bases``: the training job's smaller students of the same model,
+   contract.COMPRESSED_FILE) go through step 2 as well: each student's own fp32 graph is a
+   candidate named after it (``layers-4``), and every applicable recipe is built on it too
+   (``layers-4+dynamic-int8-per-channel``). All of them are scored against the *unpruned*
+   fp32 model, gated, timed and chosen by the same rule as the rest.
 5. ``choose`` (the rule): a quantized candidate is *eligible* when it passed the gate, ran
    without error, and wins clearly at one batch size without losing at the other:
        (speedup_1 >= min_speedup and speedup_N >= 1/min_speedup)  or
@@ -51,9 +56,10 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +107,7 @@ class Candidate:
     error: str | None = None
     build_s: float = 0.0
     note: str = ""  # how it was built (e.g. the activation type static quantization settled on)
+    base: str = FP32  # the graph it was built from: fp32, or a compression candidate's name
 
     @property
     def ok(self) -> bool:
@@ -118,7 +125,17 @@ class Candidate:
             "error": self.error,
             "build_s": round(self.build_s, 3),
             "note": self.note,
+            "base": self.base,
         }
+
+
+@dataclass(frozen=True)
+class Base:
+    """A compression candidate: a smaller fp32 graph of the same model (contract.Compressed)."""
+
+    name: str
+    path: Path
+    how: str = ""
 
 
 @dataclass
@@ -133,6 +150,7 @@ class Selection:
     timing: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     total_s: float = 0.0
+    bases: list[dict[str, Any]] = field(default_factory=list)  # the compression candidates
 
     def to_manifest(self) -> dict[str, Any]:
         """JSON-able summary for manifest.json (no NaN, no paths)."""
@@ -149,6 +167,7 @@ class Selection:
             "quality": {k: _finite(v) for k, v in self.chosen.quality.items()},
             "latency_ms": {k: _finite(v) for k, v in self.chosen.latency_ms.items()},
             "candidates": [c.to_dict() for c in self.candidates],
+            "compression": list(self.bases),
             "optimize_s": round(self.total_s, 3),
             "onnxruntime": ort.__version__,
         }
@@ -210,6 +229,7 @@ def optimize_model(
     min_speedup: float = 1.05,
     op_types: Sequence[str] | None = None,
     transformer: dict[str, Any] | None = None,
+    bases: Sequence[Base] = (),
 ) -> Selection:
     """Build the candidates, score and time them side by side, choose one (see module doc).
 
@@ -241,6 +261,10 @@ def optimize_model(
     candidates, sessions = build_and_score(
         ref, applicable(recipes.RECIPES, inp, notes), inp, threads
     )
+    for base in bases:
+        more, base_sessions = build_base(ref, base, inp, threads, notes)
+        candidates += more
+        sessions |= base_sessions
     gate(candidates[1:], ref.candidate, kind, max_accuracy_drop, min_cosine, max_r2_drop)
     timed = [c for c in candidates if c.recipe in sessions]
     rounds = time_side_by_side(timed, sessions, ref, timing_repeats, timing_budget_s)
@@ -267,6 +291,7 @@ def optimize_model(
         },
         notes=notes,
         total_s=time.perf_counter() - t_start,
+        bases=[{"name": b.name, "how": b.how, "size_bytes": b.path.stat().st_size} for b in bases],
     )
 
 
@@ -392,11 +417,47 @@ def build_and_score(
     return candidates, sessions
 
 
+def build_base(
+    ref: Reference, base: Base, inp: RecipeInput, threads: int | None, notes: list[str]
+) -> tuple[list[Candidate], Sessions]:
+    """A compression candidate as it is (its own fp32 graph), then every recipe built on it."""
+    as_is = Recipe(base.name, _as_delivered(base.path))
+    workdir = inp.workdir / f"base-{base.name}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    first, sess = _build_one(as_is, ref, replace(inp, workdir=workdir), threads, base=base.name)
+    first.note = base.how
+    if sess is None:  # it does not load or run: nothing to build on it
+        return [first], {}
+    graph, how = preprocess(base.path, workdir / "model.pre.onnx")
+    if not how.startswith("quant_pre_process"):
+        notes.append(f"{base.name}: {how}")
+    on_base = replace(inp, fp32=base.path, graph=graph, workdir=workdir)
+    built, sessions = [first], {first.recipe: sess}
+    for recipe in applicable(recipes.RECIPES, on_base, []):
+        cand, s = _build_one(recipe, ref, on_base, threads, base=base.name)
+        built.append(cand)
+        if s is not None:
+            sessions[cand.recipe] = s
+    return built, sessions
+
+
+def _as_delivered(path: Path) -> Callable[[RecipeInput, Path], str | None]:
+    def build(inp: RecipeInput, dst: Path) -> str | None:
+        shutil.copyfile(path, dst)
+        return None
+
+    return build
+
+
 def _build_one(
-    recipe: Recipe, ref: Reference, inp: RecipeInput, threads: int | None
+    recipe: Recipe, ref: Reference, inp: RecipeInput, threads: int | None, base: str = FP32
 ) -> tuple[Candidate, ort.InferenceSession | None]:
-    """Build, load, check the interface, smoke-run and score; a failure is recorded, not raised."""
-    cand = Candidate(recipe=recipe.name, path=inp.workdir / f"model.{recipe.name}.onnx")
+    """Build, load, check the interface, smoke-run and score; a failure is recorded, not raised.
+
+    On a compression candidate (`base`), the candidate is named `<base>+<recipe>` (the base
+    itself: `<base>`)."""
+    name = recipe.name if base == FP32 else base if recipe.name == base else f"{base}+{recipe.name}"
+    cand = Candidate(recipe=name, path=inp.workdir / f"model.{name}.onnx", base=base)
     t0 = time.perf_counter()
     stage = "build"
     try:
@@ -418,7 +479,7 @@ def _build_one(
         cand.build_s = cand.build_s or time.perf_counter() - t0
         cand.error = f"{stage}: {type(e).__name__}: {e}"[:1000]
         cand.reason = f"failed to {stage}"
-        log.warning("candidate %s failed to %s: %s", recipe.name, stage, e)
+        log.warning("candidate %s failed to %s: %s", name, stage, e)
         return cand, None
 
 

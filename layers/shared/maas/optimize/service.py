@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from maas.core.artifacts import model_prefix
 from maas.core.config import OptimizeSettings
 from maas.core.contract import (
     CALIBRATION_FILE,
+    COMPRESSED_DIR,
+    COMPRESSED_FILE,
     GENERATION_SPEC_FILE,
     LABELS_FILE,
     MANIFEST_FILE,
@@ -44,7 +47,7 @@ from maas.core.storage import Storage, parse_s3_uri, sha256_file
 from maas.ingest.jobspec import JobSpec
 
 if TYPE_CHECKING:
-    from maas.optimize.quantize import Selection
+    from maas.optimize.quantize import Base, Selection
 
 logger = Logger(child=True)
 ACTOR = "pipeline:optimize"
@@ -282,7 +285,8 @@ def _select(trained: Trained, spec: JobSpec, workdir: Path) -> Selection:
             min_agreement=spec.quality_gate.min_agreement,
         )
     calib_path = trained.dir / CALIBRATION_FILE
-    return optimize_model(
+    bases, notes = compression_bases(trained.dir)
+    selection = optimize_model(
         trained.dir / MODEL_FILE,
         load_npz(trained.dir / SAMPLE_FILE),
         load_npz(calib_path) if calib_path.exists() else None,
@@ -292,7 +296,42 @@ def _select(trained: Trained, spec: JobSpec, workdir: Path) -> Selection:
         min_cosine=spec.quality_gate.min_cosine,
         max_r2_drop=spec.quality_gate.max_r2_drop,
         transformer=trained.schema.get("transformer"),
+        bases=bases,
     )
+    selection.notes.extend(notes)
+    return selection
+
+
+_BASE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
+
+
+def compression_bases(model_dir: Path) -> tuple[list[Base], list[str]]:
+    """compressed.json's students (contract.Compressed) that the optimizer may build on, and
+    notes on any entry it skipped (a malformed entry costs that candidate, never the version)."""
+    from maas.optimize.quantize import FP32, Base
+
+    index = model_dir / COMPRESSED_FILE
+    if not index.is_file():
+        return [], []
+    try:
+        entries = json.loads(index.read_text())
+    except ValueError:
+        return [], [f"{COMPRESSED_FILE} is not JSON: no compression candidates"]
+    if not isinstance(entries, list):
+        return [], [f"{COMPRESSED_FILE} is not a list: no compression candidates"]
+    bases: list[Base] = []
+    notes: list[str] = []
+    root = (model_dir / COMPRESSED_DIR).resolve()
+    for e in entries:
+        name = str(e.get("name", "")) if isinstance(e, dict) else ""
+        path = (model_dir / str(e.get("file", ""))).resolve() if name else root
+        if not _BASE_NAME.fullmatch(name) or name == FP32 or name in {b.name for b in bases}:
+            notes.append(f"compression candidate {name[:60]!r} skipped: not a usable name")
+        elif path.parent != root or not path.is_file():
+            notes.append(f"compression candidate {name} skipped: its file is missing")
+        else:
+            bases.append(Base(name, path, str(e.get("how", ""))))
+    return bases, notes
 
 
 def _rejection(spec: JobSpec, trained: Trained) -> str:
@@ -356,6 +395,21 @@ def _manifest(
     return manifest
 
 
+def _candidate_line(c: Any, chosen: str) -> dict[str, Any]:
+    """One candidate as `maas versions --candidates` lists it (quantize.Candidate)."""
+    return {
+        "name": c.recipe,
+        "base": c.base,
+        "served": c.recipe == chosen,
+        "passed_gate": bool(c.passed_gate),
+        "quality": {k: round(float(v), 6) for k, v in c.quality.items()},
+        "batch1_p50_ms": round(float(c.latency_ms.get("batch1_p50", 0.0)), 4),
+        "batchN_p50_ms": round(float(c.latency_ms.get("batchN_p50", 0.0)), 4),
+        "size_bytes": int(c.size_bytes),
+        "error": c.error,
+    }
+
+
 def _summary(
     job: str, spec: JobSpec, trained: Trained, selection: Selection, digest: str, prefix_uri: str
 ) -> dict[str, Any]:
@@ -378,9 +432,10 @@ def _summary(
         "latency_ms": chosen.latency_ms,
         "manifest": prefix_uri + MANIFEST_FILE,
         "training_job": job,
+        "candidates": [_candidate_line(c, chosen.recipe) for c in selection.candidates],
     }
     if trained.metrics.get("candidates"):  # the training job's model candidates (tables)
-        summary["candidates"] = trained.metrics["candidates"]
+        summary["model_candidates"] = trained.metrics["candidates"]
         summary["selection"] = trained.metrics.get("selection")
     if trained.plot:
         summary["plot"] = prefix_uri + PLOT_FILE

@@ -94,19 +94,27 @@ class Serving:
         register_after_restore(store.after_restore)
 
 
-def _error(e: Exception) -> Response:
-    """A route's exception as the client sees it: the message, never a trace."""
+def error_status(e: Exception) -> tuple[int, str]:
+    """A route's exception as the client sees it: the HTTP status and message, never a trace.
+
+    The one mapping of error classes: the gRPC routes (maas.serving.grpcweb) derive their
+    codes from it.
+    """
     if isinstance(e, ProtocolError):
-        return error_response(e.status, str(e))
+        return e.status, str(e)
     if isinstance(e, ModelNotFound):
-        return error_response(404, str(e))
+        return 404, str(e)
     if isinstance(e, ModelUnavailable):
-        return error_response(503, str(e))
+        return 503, str(e)
     if isinstance(e, ClientError | BotoCoreError):
         logger.exception("AWS dependency failed")
-        return error_response(503, "model store unavailable, retry later")
+        return 503, "model store unavailable, retry later"
     logger.exception("unhandled error")
-    return error_response(500, "internal error; see the function's logs")
+    return 500, "internal error; see the function's logs"
+
+
+def _error(e: Exception) -> Response:
+    return error_response(*error_status(e))
 
 
 router = Router(_error)
@@ -167,6 +175,31 @@ def infer(s: Serving, request: Request, model: str, version: str | None = None) 
     )
 
 
+# --- the OIP gRPC service over Connect and gRPC-Web (maas.serving.grpcweb) -------------------
+
+GRPC_SERVICE = "inference.GRPCInferenceService"
+GRPC_METHODS = (
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelInfer",
+)
+
+
+def _grpc_route(method: str) -> None:
+    @router.post(f"/{GRPC_SERVICE}/{method}")
+    def call(s: Serving, request: Request) -> Response:
+        # Here, not at the top: protobuf loads only when a gRPC route is hit (the REST cold path
+        # never pays for it).
+        from maas.serving.grpcweb import handle
+
+        return handle(s, request, method)
+
+
+for _method in GRPC_METHODS:
+    _grpc_route(_method)
 # --- text generation: the OIP generate extension and the OpenAI wire format -----------------
 
 

@@ -153,14 +153,20 @@ def decode_body(
         raise PayloadTooLarge(f"request body exceeds {limit} bytes (Lambda's limit)")
     if encoding and encoding.lower() in ("gzip", "deflate"):
         data = body.encode("latin-1") if isinstance(body, str) else body
-        inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
-        try:
-            body = inflater.decompress(data, limit + 1)
-        except zlib.error:
-            raise ProtocolError(f"request body is not valid {encoding} data") from None
-        if len(body) > limit or inflater.unconsumed_tail:
-            raise PayloadTooLarge(f"decompressed request body exceeds {limit} bytes")
+        body = inflate(data, encoding, limit, "request body")
     return body
+
+
+def inflate(data: bytes, encoding: str, limit: int, what: str) -> bytes:
+    """gzip or zlib data (the header says which) inflated, refusing more than `limit` bytes."""
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error:
+        raise ProtocolError(f"{what} is not valid {encoding} data") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed {what} exceeds {limit} bytes")
+    return out
 
 
 # --- routing ------------------------------------------------------------------------------
@@ -186,7 +192,12 @@ class Router:
         self._errors = errors
 
     def route(self, method: str, path: str) -> Callable[[Callable[..., Response]], Any]:
-        pattern = re.compile("^" + re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", path) + "$")
+        # Literal parts escaped ("/inference.GRPCInferenceService/..." has a dot), <name> captured.
+        parts = re.split(r"<(\w+)>", path)
+        regex = "".join(
+            f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts)
+        )
+        pattern = re.compile(f"^{regex}$")
 
         def register(handler: Callable[..., Response]) -> Callable[..., Response]:
             self.routes.append(Endpoint(method, path, pattern, handler))
