@@ -312,29 +312,40 @@ def export_trained(
     model it was exported from (torch, or the family's own predictions)."""
     model, family = chosen
     path = s.paths.model_dir / contract.MODEL_FILE
-    check = trim(data.x[data.split.validation][:CHECK_ROWS], data.pad_id)
-    labels = None if data.regression else data.class_names
     limit = export_limit(recipe, data)
-    metadata = {**metadata_for(task_of(hp, data), hp.recipe, labels), **data.metadata}
     if family is not None:
-        info = export_family(family, model, data, path, {**metadata, "maas.family": family.name})
+        metadata = {**graph_metadata(hp, data), "maas.family": family.name}
+        info = export_family(family, model, data, path, metadata)
     else:
-        info = export_model(
-            exported(model, data),
-            path,
-            feeds={data.input_name: check},
-            output_name=output_of(data),
-            class_names=labels,
-            metadata=metadata,
-            sequence=data.pad_id is not None,
-            max_abs_diff=limit,
-        )
+        info = export_torch(model, path, recipe, data, hp)
     test = data.split.test
     feeds = {data.input_name: data.x[test]}
     _, out = verify(path, feeds, scores.probabilities, output_of(data), limit)
     if data.regression:
         return info, figures.regression(data.targets(test), out)["r2"]
     return info, float((out.argmax(axis=1) == data.y[test]).mean())
+
+
+def graph_metadata(hp: Any, data: Encoded) -> dict[str, str]:
+    labels = None if data.regression else data.class_names
+    return {**metadata_for(task_of(hp, data), hp.recipe, labels), **data.metadata}
+
+
+def export_torch(
+    module: nn.Module, path: Path, recipe: TrainedRecipe, data: Encoded, hp: Any
+) -> ExportInfo:
+    """A torch model (the chosen one, or one of its students) as the served graph, checked
+    against torch on validation rows."""
+    return export_model(
+        exported(module, data),
+        path,
+        feeds={data.input_name: trim(data.x[data.split.validation][:CHECK_ROWS], data.pad_id)},
+        output_name=output_of(data),
+        class_names=None if data.regression else data.class_names,
+        metadata=graph_metadata(hp, data),
+        sequence=data.pad_id is not None,
+        max_abs_diff=export_limit(recipe, data),
+    )
 
 
 def export_family(
@@ -363,23 +374,10 @@ def compress_trained(
     s: Session, recipe: TrainedRecipe, data: Encoded, hp: Any, model: nn.Module
 ) -> list[contract.Compressed]:
     """Students of the chosen model, distilled on the training rows it was fitted on."""
-    train_rows = data.split.train
-    x = trim(data.x[train_rows], data.pad_id)
-    check = trim(data.x[data.split.validation][:CHECK_ROWS], data.pad_id)
-    labels = None if data.regression else data.class_names
-    metadata = {**metadata_for(task_of(hp, data), hp.recipe, labels), **data.metadata}
+    x = trim(data.x[data.split.train], data.pad_id)
 
     def export(student: nn.Module, path: Any) -> None:
-        export_model(
-            exported(student, data),
-            path,
-            feeds={data.input_name: check},
-            output_name=output_of(data),
-            class_names=labels,
-            metadata=metadata,
-            sequence=data.pad_id is not None,
-            max_abs_diff=export_limit(recipe, data),
-        )
+        export_torch(student, path, recipe, data, hp)
 
     lengths = None if data.pad_id is None else (x != data.pad_id).sum(axis=1)
     kind = "regression" if data.regression else "logits"
