@@ -115,6 +115,9 @@ def _assert_candidates_are_shown(aws: Any, model: str, manifest: dict[str, Any])
     candidates = manifest["training_metrics"]["candidates"]
     names = [c["candidate"] for c in candidates]
     assert "trees" in names and "hidden_layers=0" in names
+    # the exact linear fit is a regressor's first (simplest) candidate, and no classifier's
+    assert (names[0] == "ridge") == (manifest["task"] == "regression")
+    assert names.count("ridge") == (manifest["task"] == "regression")
     assert all(c["size_bytes"] > 0 and c["latency_ms_batch1"] > 0 for c in candidates)
     info = version_info(aws.registry().get_version(model, 1), None)
     lines = model_candidate_lines(info.metrics)
@@ -126,17 +129,7 @@ def _call(app: Any, context: Any, method: str, path: str, body: Any = None) -> t
     return response["statusCode"], json.loads(response["body"])
 
 
-# Measured and kept as it is: on diabetes' 332 uploaded rows the 5-fold comparison prefers the
-# MLP (depth 1, within one standard error of depth 2) to the linear model, and its mean of fold
-# models serves R^2 0.437 on the 110 held-back rows, where RidgeCV gets 0.468 and our own
-# linear candidate, forced, 0.481. strict: the day it passes, this marker has to go.
-DIABETES_TRAILS = pytest.mark.xfail(
-    strict=True, reason="k-fold picks the MLP; it trails RidgeCV by 3 points on this split"
-)
-NAMES = [pytest.param(n, marks=DIABETES_TRAILS) if n == "diabetes-messy" else n for n in TABLES]
-
-
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TABLES)
 def test_real_table_is_served_from_raw_rows_within_two_points_of_the_baselines(
     aws: Any, lambda_context: Any, trained: dict, name: str
 ) -> None:

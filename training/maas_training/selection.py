@@ -58,18 +58,26 @@ def score_of(data: Encoded, out: np.ndarray, rows: np.ndarray) -> float:
 
 
 def merged(results: list[TrainResult]) -> tuple[TrainResult, float]:
-    """The folds' results as one, at the one epoch that minimises the folds' mean validation
-    loss (each fold's own best epoch would be an oracle the refit does not have: it flatters
-    the noisiest models most). Folds without a history (trees) keep their own best."""
+    """The folds' results as one. The epoch count is the one that minimises the folds' mean
+    validation loss, and each fold is scored at the epoch the other folds choose: the epoch is
+    a setting chosen on validation rows, and scoring a fold at an epoch it helped choose (or
+    at its own best, an oracle) flatters the noisiest models most. On diabetes' 282 rows that
+    optimism was 0.005-0.013 of the MLPs' loss, enough to rank them above an exact linear fit
+    that scores 0.06 R^2 better on held-back rows. Folds without a history (trees) keep their
+    own best."""
     curves = [[h["val_loss"] for h in r.history] for r in results]
     if all(curves):
         length = min(len(c) for c in curves)
-        mean = np.mean([c[:length] for c in curves], axis=0)
-        at = int(np.argmin(mean))
+        table = np.array([c[:length] for c in curves])
+        at = int(np.argmin(table.mean(axis=0)))
         score = next(k for k in results[0].history[0] if k.startswith("val_") and k != "val_loss")
         best_epoch = at + 1
-        losses = [c[at] for c in curves]
-        quality = float(np.mean([r.history[at][score] for r in results]))
+        picks = [
+            int(np.argmin(np.delete(table, k, axis=0).mean(axis=0))) if len(table) > 1 else at
+            for k in range(len(table))
+        ]
+        losses = [float(table[k, e]) for k, e in enumerate(picks)]
+        quality = float(np.mean([r.history[e][score] for r, e in zip(results, picks, strict=True)]))
     else:
         best_epoch = max(1, round(float(np.mean([r.best_epoch for r in results]))))
         losses = [r.best_val_loss for r in results]

@@ -162,27 +162,37 @@ def fit(
 def choose(
     s: Session, recipe: TrainedRecipe, data: Encoded, hp: Any
 ) -> tuple[list[Candidate], Candidate]:
-    """Every candidate (the recipe's torch variants, then its families) scored on the same
-    rows, and the lowest validation loss (the folds' mean on small tables: see selection)."""
+    """Every candidate (a closed-form family, the recipe's torch variants, then its other
+    families: simplest first) scored on the same rows, and the lowest validation loss (the
+    folds' mean on small tables, with the one-standard-error rule: see selection)."""
     variants = recipe.variants(hp)
-    plan = selection.folds(recipe, data, hp, len(variants) + len(recipe.families))
-    fits = [_torch_candidate(s, recipe, data, hp, v, plan) for v in variants]
-    for family in recipe.families:
+    families = [f for f in recipe.families if data.regression or not f.regression_only]
+    plan = selection.folds(recipe, data, hp, len(variants) + len(families))
+    cv = plan is not None
+
+    def of(family: Family) -> Candidate:
         fitted, (r, se), rows = selection.fit_family(family, data, hp, plan)
-        cv = plan is not None
-        fits.append(Candidate(Variant(family.name), fitted, r, family, rows, cv=cv, spread=se))
+        return Candidate(Variant(family.name), fitted, r, family, rows, cv=cv, spread=se)
+
+    fits = [of(f) for f in families if f.simplest]
+    fits += [_torch_candidate(s, recipe, data, hp, v, plan) for v in variants]
+    fits += [of(f) for f in families if not f.simplest]
     if len(fits) > 1:
         what = "val_r2" if data.regression else "val_accuracy"
         for c in fits:
             r = c.result
+            at = "" if c.family and c.family.simplest else f" at {_step(c)} {r.best_epoch}"
             log.info(
                 f"candidate {c.label}: val_loss {r.best_val_loss:.4f} "
-                f"{what} {r.best_val_accuracy:.4f} at {'round' if c.family else 'epoch'} "
-                f"{r.best_epoch}"
+                f"{what} {r.best_val_accuracy:.4f}{at}"
             )
     losses = [c.result.best_val_loss for c in fits]
     best = selection.pick(losses, [c.spread for c in fits], plan is not None)
     return fits, fits[best]
+
+
+def _step(c: Candidate) -> str:
+    return "round" if c.family else "epoch"
 
 
 def _torch_candidate(
@@ -401,7 +411,7 @@ def train_metrics(
                 **c.variant.overrides,
                 "val_loss": c.result.best_val_loss,
                 ("val_r2" if data.regression else "val_accuracy"): c.result.best_val_accuracy,
-                "best_epoch": c.result.best_epoch,
+                **({} if c.family and c.family.simplest else {"best_epoch": c.result.best_epoch}),
                 **c.measured,
             }
             for c in fits

@@ -99,6 +99,10 @@ class Family:
     rounds: Callable[[Any], int]  # the rounds a fit chose
     outputs: Callable[[Any, Encoded, np.ndarray], np.ndarray]  # the exported graph's output
     export: Callable[[Any, Encoded, Path, dict[str, str]], None]  # writes model.onnx
+    regression_only: bool = False  # not a candidate for a classifier
+    # Fitted exactly (no rounds) and simpler than any torch variant: compared first, so the
+    # one-standard-error rule (maas_training.selection.pick) prefers it on a tie.
+    simplest: bool = False
 
 
 @dataclass(frozen=True)

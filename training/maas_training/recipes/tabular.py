@@ -1,10 +1,11 @@
 """Tables: typed columns (maas_training.tables) encoded by maas/serving/tableprep.py into an MLP
 that standardises inside its graph; classification or regression, as the label says.
 
-"auto" compares, on the same rows (k folds on small tables, maas_training.selection), a linear
-model (depth 0), the MLP at depths 1 and hidden_layers and gradient-boosted trees
-(maas_training.trees), keeps the lowest validation loss and refits it on train + validation;
-"mlp" fits exactly hidden_layers, early-stopped; "trees" the trees alone.
+"auto" compares, on the same rows (k folds on small tables, maas_training.selection), for a
+regression ridge in closed form (maas_training.ridge), then a linear model (depth 0), the MLP at
+depths 1 and hidden_layers and gradient-boosted trees (maas_training.trees), keeps the lowest
+validation loss and refits it on train + validation; "mlp" fits exactly hidden_layers,
+early-stopped; "trees" the trees alone.
 """
 
 from __future__ import annotations
@@ -216,6 +217,35 @@ def _trees_export(fitted, data, path, metadata) -> None:
 
 TREES = Family("trees", _trees_fit, lambda f: f.rounds, _trees_outputs, _trees_export)
 
+
+def _ridge_fit(data, hp, rows, val, rounds):
+    from maas_training import ridge
+
+    return ridge.fit(data, hp, rows, val, rounds)
+
+
+def _ridge_outputs(fitted, data, x):
+    from maas_training import ridge
+
+    return ridge.outputs(fitted, data, x)
+
+
+def _ridge_export(fitted, data, path, metadata) -> None:
+    from maas_training import ridge
+
+    ridge.export(fitted, data, path, metadata)
+
+
+RIDGE = Family(
+    "ridge",
+    _ridge_fit,
+    lambda f: 0,
+    _ridge_outputs,
+    _ridge_export,
+    regression_only=True,
+    simplest=True,
+)
+
 for _task in contract.TABULAR_TASKS:
     register(
         TrainedRecipe(
@@ -226,7 +256,7 @@ for _task in contract.TABULAR_TASKS:
             variants=depths,
             refit=True,
             max_abs_diff=1e-4,
-            families=(TREES,),
+            families=(RIDGE, TREES),
         )
     )
     register(TrainedRecipe(_task, "mlp", load, build, variants=exactly, max_abs_diff=1e-4))
