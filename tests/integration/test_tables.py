@@ -114,14 +114,16 @@ def _assert_candidates_are_shown(aws: Any, model: str, manifest: dict[str, Any])
 
     candidates = manifest["training_metrics"]["candidates"]
     names = [c["candidate"] for c in candidates]
-    assert "trees" in names and "hidden_layers=0" in names
-    # the exact linear fit is a regressor's first (simplest) candidate, and no classifier's
-    assert (names[0] == "ridge") == (manifest["task"] == "regression")
-    assert names.count("ridge") == (manifest["task"] == "regression")
+    # in order of preference: linear models (the exact ridge fit only for a regressor), the
+    # trees, then the MLP by depth
+    regression = manifest["task"] == "regression"
+    linear = ["ridge", "hidden_layers=0"] if regression else ["hidden_layers=0"]
+    assert names == [*linear, "trees", "hidden_layers=1", "hidden_layers=2"]
     assert all(c["size_bytes"] > 0 and c["latency_ms_batch1"] > 0 for c in candidates)
     info = version_info(aws.registry().get_version(model, 1), None)
     lines = model_candidate_lines(info.metrics)
-    assert len(lines) == 1 + len(candidates) and "trees" in lines[-1] and "KiB" in lines[-1]
+    assert len(lines) == 1 + len(candidates)
+    assert all(name in line and "KiB" in line for name, line in zip(names, lines[1:], strict=True))
 
 
 def _call(app: Any, context: Any, method: str, path: str, body: Any = None) -> tuple[int, Any]:

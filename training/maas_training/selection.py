@@ -98,9 +98,10 @@ def merged(results: list[TrainResult]) -> tuple[TrainResult, float]:
 
 
 def pick(losses: list[float], spreads: list[float], cv: bool) -> int:
-    """The lowest validation loss; under k-fold, the simplest candidate (the earliest: the
-    recipe lists them simplest first) within one standard error of it: on a few hundred rows
-    the folds cannot tell closer candidates apart, and the simpler one varies less."""
+    """The lowest validation loss; under k-fold, the most preferred candidate (the earliest:
+    candidates come in order of their ranks, simplest first) within one standard error of it:
+    on a few hundred rows the folds cannot tell closer candidates apart, and the simpler one
+    varies less."""
     best = min(range(len(losses)), key=lambda i: (losses[i], i))
     if not cv:
         return best

@@ -162,26 +162,26 @@ def fit(
 def choose(
     s: Session, recipe: TrainedRecipe, data: Encoded, hp: Any
 ) -> tuple[list[Candidate], Candidate]:
-    """Every candidate (a closed-form family, the recipe's torch variants, then its other
-    families: simplest first) scored on the same rows, and the lowest validation loss (the
-    folds' mean on small tables, with the one-standard-error rule: see selection)."""
-    variants = recipe.variants(hp)
+    """Every candidate (the recipe's families and torch variants, in order of preference:
+    their ranks) scored on the same rows, and the lowest validation loss (the folds' mean on
+    small tables, with the one-standard-error rule: see selection.pick)."""
     families = [f for f in recipe.families if data.regression or not f.regression_only]
-    plan = selection.folds(recipe, data, hp, len(variants) + len(families))
+    order = sorted([*families, *recipe.variants(hp)], key=lambda c: c.rank)
+    plan = selection.folds(recipe, data, hp, len(order))
     cv = plan is not None
 
-    def of(family: Family) -> Candidate:
-        fitted, (r, se), rows = selection.fit_family(family, data, hp, plan)
-        return Candidate(Variant(family.name), fitted, r, family, rows, cv=cv, spread=se)
+    def of(c: Family | Variant) -> Candidate:
+        if isinstance(c, Variant):
+            return _torch_candidate(s, recipe, data, hp, c, plan)
+        fitted, (r, se), rows = selection.fit_family(c, data, hp, plan)
+        return Candidate(Variant(c.name), fitted, r, c, rows, cv=cv, spread=se)
 
-    fits = [of(f) for f in families if f.simplest]
-    fits += [_torch_candidate(s, recipe, data, hp, v, plan) for v in variants]
-    fits += [of(f) for f in families if not f.simplest]
+    fits = [of(c) for c in order]
     if len(fits) > 1:
         what = "val_r2" if data.regression else "val_accuracy"
         for c in fits:
             r = c.result
-            at = "" if c.family and c.family.simplest else f" at {_step(c)} {r.best_epoch}"
+            at = "" if c.family and c.family.exact else f" at {_step(c)} {r.best_epoch}"
             log.info(
                 f"candidate {c.label}: val_loss {r.best_val_loss:.4f} "
                 f"{what} {r.best_val_accuracy:.4f}{at}"
@@ -231,7 +231,8 @@ def refit(
         log.info(f"{chose}serving the mean of its {len(best.folds)} fold models (no refit)")
         return FoldMean(best.folds).eval(), 0
     if best.family is not None:
-        log.info(f"{chose}refit on train + validation ({len(both)} rows) for {epochs} rounds")
+        rounds = "" if best.family.exact else f" for {epochs} rounds"
+        log.info(f"{chose}refit on train + validation ({len(both)} rows){rounds}")
         fitted, _ = best.family.fit(data, hp, both, None, epochs)
         return fitted, epochs
     log.info(f"{chose}refit on train + validation ({len(both)} rows) for {epochs} epochs")
@@ -411,7 +412,7 @@ def train_metrics(
                 **c.variant.overrides,
                 "val_loss": c.result.best_val_loss,
                 ("val_r2" if data.regression else "val_accuracy"): c.result.best_val_accuracy,
-                **({} if c.family and c.family.simplest else {"best_epoch": c.result.best_epoch}),
+                **({} if c.family and c.family.exact else {"best_epoch": c.result.best_epoch}),
                 **c.measured,
             }
             for c in fits

@@ -38,6 +38,7 @@ class Variant:
 
     phase: str  # names its checkpoint file
     overrides: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0  # preference on a tie, lowest first (maas_training.selection.pick)
 
     @property
     def label(self) -> str:
@@ -99,10 +100,9 @@ class Family:
     rounds: Callable[[Any], int]  # the rounds a fit chose
     outputs: Callable[[Any, Encoded, np.ndarray], np.ndarray]  # the exported graph's output
     export: Callable[[Any, Encoded, Path, dict[str, str]], None]  # writes model.onnx
+    rank: int = 0  # preference on a tie, lowest first, beside the variants' ranks
     regression_only: bool = False  # not a candidate for a classifier
-    # Fitted exactly (no rounds) and simpler than any torch variant: compared first, so the
-    # one-standard-error rule (maas_training.selection.pick) prefers it on a tie.
-    simplest: bool = False
+    exact: bool = False  # a closed-form fit: no rounds to report
 
 
 @dataclass(frozen=True)
