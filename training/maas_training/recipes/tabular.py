@@ -11,7 +11,9 @@ early-stopped; "trees" the trees alone.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -205,55 +207,21 @@ def no_mlp(hp) -> list[Variant]:
     return []
 
 
-def _trees_fit(data, hp, rows, val, rounds):
-    from maas_training import trees
+def _family(name: str, rounds: Callable[[Any], int], **options: Any) -> Family:
+    """A family whose module (maas_training.<name>: fit, outputs, export) is imported only when
+    the family is used: the job looks its recipe up before torchrun, lightgbm or onnx load."""
 
-    return trees.fit(data, hp, rows, val, rounds)
+    def late(attr: str) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            return getattr(importlib.import_module(f"maas_training.{name}"), attr)(*args)
 
+        return call
 
-def _trees_outputs(fitted, data, x):
-    from maas_training import trees
-
-    return trees.outputs(fitted, data, x)
-
-
-def _trees_export(fitted, data, path, metadata) -> None:
-    from maas_training import trees
-
-    trees.export(fitted, data, path, metadata)
+    return Family(name, late("fit"), rounds, late("outputs"), late("export"), **options)
 
 
-TREES = Family("trees", _trees_fit, lambda f: f.rounds, _trees_outputs, _trees_export, rank=1)
-
-
-def _ridge_fit(data, hp, rows, val, rounds):
-    from maas_training import ridge
-
-    return ridge.fit(data, hp, rows, val, rounds)
-
-
-def _ridge_outputs(fitted, data, x):
-    from maas_training import ridge
-
-    return ridge.outputs(fitted, data, x)
-
-
-def _ridge_export(fitted, data, path, metadata) -> None:
-    from maas_training import ridge
-
-    ridge.export(fitted, data, path, metadata)
-
-
-RIDGE = Family(
-    "ridge",
-    _ridge_fit,
-    lambda f: 0,
-    _ridge_outputs,
-    _ridge_export,
-    rank=0,
-    regression_only=True,
-    exact=True,
-)
+TREES = _family("trees", lambda f: f.rounds, rank=1)
+RIDGE = _family("ridge", lambda f: 0, rank=0, regression_only=True, exact=True)
 
 for _task in contract.TABULAR_TASKS:
     register(
