@@ -1,11 +1,11 @@
 """Tables: typed columns (maas_training.tables) encoded by maas/serving/tableprep.py into an MLP
 that standardises inside its graph; classification or regression, as the label says.
 
-"auto" compares, on the same rows (k folds on small tables, maas_training.selection), for a
-regression ridge in closed form (maas_training.ridge), then a linear model (depth 0), the MLP at
-depths 1 and hidden_layers and gradient-boosted trees (maas_training.trees), keeps the lowest
-validation loss and refits it on train + validation; "mlp" fits exactly hidden_layers,
-early-stopped; "trees" the trees alone.
+"auto" compares, on the same rows (k folds on small tables, maas_training.selection), in order
+of preference on a tie: for a regression ridge in closed form (maas_training.ridge), the MLP at
+depth 0 (a linear model), gradient-boosted trees (maas_training.trees), then the MLP at depths 1
+and hidden_layers; it keeps the lowest validation loss and refits it on train + validation;
+"mlp" fits exactly hidden_layers, early-stopped; "trees" the trees alone.
 """
 
 from __future__ import annotations
