@@ -9,7 +9,7 @@ CHECKOV := $(VENV)/checkov/.installed
 CHECKOV_VERSION ?= 3.3.30
 GRPC := $(VENV)/grpc/.installed
 
-.PHONY: setup sam kserve checkov grpc reliability-table demo test unit integration e2e test-fast lint typecheck local build validate openapi clean bench bench-generation bench-streaming llamacpp
+.PHONY: setup sam kserve checkov grpc reliability-table demo test unit integration e2e test-fast lint typecheck local build validate openapi clean bench bench-generation bench-streaming bench-table-splits llamacpp
 
 setup: $(VENV)/.installed
 
@@ -95,6 +95,11 @@ $(LLAMACPP):
 # Text generation alone (bench/generation.py): served loop vs transformers, one thread.
 bench-generation: setup
 	$(BIN)/python -m bench.generation
+
+# The small regression tables over four splits (bench/table_splits.py): served R² against
+# both scikit-learn baselines on each; about 2 minutes.
+bench-table-splits: setup
+	$(BIN)/python -m bench.table_splits
 
 # Token streaming alone (bench/streaming.py): streamed vs buffered over the local HTTP API,
 # the streaming handler per token vs the bare loop.
