@@ -16,8 +16,6 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from .tables import train
 
 SEEDS = (0, 1, 2, 3)
@@ -26,6 +24,7 @@ SEEDS = (0, 1, 2, 3)
 def served_r2(model_dir: Path, back, label: str) -> float:
     import onnxruntime as ort
     from maas.serving.tableprep import TableEncoder
+    from maas_training.metrics import regression
 
     encoder = TableEncoder(json.loads((model_dir / "table.json").read_text()))
     columns = {
@@ -36,8 +35,7 @@ def served_r2(model_dir: Path, back, label: str) -> float:
         str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     [pred] = session.run(["prediction"], {session.get_inputs()[0].name: x})
-    y = back[label].to_numpy(dtype=np.float64)
-    return 1.0 - float(np.sum((pred - y) ** 2) / np.sum((y - y.mean()) ** 2))
+    return regression(back[label].to_numpy(), pred)["r2"]
 
 
 def chosen(model_dir: Path) -> str:

@@ -69,10 +69,6 @@ def loo_errors(u: np.ndarray, s: np.ndarray, uty: np.ndarray, centred: np.ndarra
     return errors
 
 
-def rounds(fitted: FittedRidge) -> int:
-    return 0
-
-
 def outputs(fitted: FittedRidge, data: Any, x: np.ndarray) -> np.ndarray:
     """What the exported graph outputs: the prediction in the target's units."""
     weights, bias = _folded(fitted, data)
