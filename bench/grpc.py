@@ -90,26 +90,33 @@ def _path(fmt: str) -> str:
     return "/v2/models/digits/infer" if fmt in ("json", "binary") else f"{SERVICE}/ModelInfer"
 
 
-def warm(pairs: int) -> dict[str, Any]:
-    """Handler time per format at batch 1 and 64, with request and response sizes."""
+def _publish_digits() -> np.ndarray:
+    """The stack's resources, and a tiny digits classifier published as prod; its rows."""
     import boto3
-    import moto
     from maas.core.registry import Registry
     from maas.core.storage import Storage
+    from maas_devkit import account, models, publish
+
+    account.create_resources(boto3.client)
+    clf, x = models.train_tiny_classifier("digits")
+    publish.publish_model(
+        Registry(account.REGISTRY_TABLE), Storage(), "digits", 1, clf.onnx_bytes(), promote=True
+    )
+    return x
+
+
+def warm(pairs: int) -> dict[str, Any]:
+    """Handler time per format at batch 1 and 64, with request and response sizes."""
+    import moto
     from maas.serving.http import ClientResponse
-    from maas_devkit import account, lambda_runtime, models, publish
+    from maas_devkit import lambda_runtime
     from maas_devkit.events import http_api_event
 
     saved = dict(os.environ)
     os.environ.update(_env(tempfile.mkdtemp(prefix="maas-grpc-")))
     try:
         with moto.mock_aws():
-            account.create_resources(boto3.client)
-            clf, x = models.train_tiny_classifier("digits")
-            publish.publish_model(
-                Registry(account.REGISTRY_TABLE), Storage(), "digits", 1, clf.onnx_bytes(),
-                promote=True,
-            )  # fmt: skip
+            x = _publish_digits()
             app = lambda_runtime.load_handler("inference")
             out: dict[str, Any] = {}
             for batch in (1, 64):
@@ -213,10 +220,6 @@ def base_tree(dest: Path) -> tuple[str, Path]:
 
 
 def cold(repeats: int) -> dict[str, Any]:
-    import boto3
-    from maas.core.registry import Registry
-    from maas.core.storage import Storage
-    from maas_devkit import account, models, publish
     from maas_devkit.events import http_api_event
     from maas_local.stack import free_port
     from moto.server import ThreadedMotoServer
@@ -232,12 +235,7 @@ def cold(repeats: int) -> dict[str, Any]:
     env = _env("") | {"AWS_ENDPOINT_URL": endpoint}
     os.environ.update(env)
     try:
-        account.create_resources(boto3.client)
-        clf, x = models.train_tiny_classifier("digits")
-        publish.publish_model(
-            Registry(account.REGISTRY_TABLE), Storage(), "digits", 1, clf.onnx_bytes(),
-            promote=True,
-        )  # fmt: skip
+        x = _publish_digits()
         requests = bodies(x[:1])
         files = {}
         for fmt in ("json", "connect-proto"):
